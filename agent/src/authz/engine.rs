@@ -1,0 +1,208 @@
+//! The ordered decision steps (§1): path normalization (HTTP connection
+//! manager), CUSTOM, jwt_authn, AUDIT, DENY, ALLOW.
+
+use crate::jwt::{authenticate, AuthnEdits, Keys};
+use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, WorkloadPolicy};
+
+use super::matcher::{rule_matches, Attributes};
+use super::path::normalize;
+use super::{Decision, HeaderEdits, JwksLookup, PathNormalization, Request};
+
+/// Envoy's RBAC local reply (§3.13).
+pub const RBAC_DENIED: &str = "RBAC: access denied";
+/// `Http::Utility::buildOriginalUri` cuts the path at this length (§2.5).
+const MAX_REALM_PATH: usize = 256;
+
+pub fn evaluate(
+    policy: &WorkloadPolicy,
+    request: &Request,
+    jwks: &dyn JwksLookup,
+    now: u64,
+    normalization: PathNormalization,
+) -> Decision {
+    let Ok((path, query)) = normalize(&request.path, normalization) else {
+        return deny(
+            400,
+            "Bad Request",
+            "path contains %00 (rejected like Envoy)".into(),
+            None,
+        );
+    };
+    let mut attrs = Attributes {
+        method: &request.method,
+        path: &path,
+        host: &request.host,
+        headers: &request.headers,
+        port: request.destination_port,
+        source_ip: request.source_ip,
+        destination_ip: request.destination_ip,
+        identity: None,
+    };
+
+    // CUSTOM runs before authentication in Istio's chain. jwtgate has no
+    // ext_authz client, so it does what istiod does for an unusable provider:
+    // the CUSTOM rules become DENY rules (fail closed, §3.1).
+    if let Some((p, i)) = first_match(policy, Action::Custom, &attrs) {
+        let mut d = deny(
+            403,
+            RBAC_DENIED,
+            format!(
+                "CUSTOM action is not supported: policy {} rule {i} matched",
+                p.id()
+            ),
+            None,
+        );
+        d.policy = Some(p.id());
+        return d;
+    }
+
+    // jwt_authn, with Istio's `bypass_cors_preflight: true` (§2.5).
+    let preflight = request.method == "OPTIONS"
+        && non_empty_header(request, "origin")
+        && non_empty_header(request, "access-control-request-method");
+    let keys = |rule: &JwtRule| match &rule.jwks {
+        JwksSource::Inline(set) => Keys::Set(set.clone()),
+        JwksSource::Uri(uri) => jwks.jwks(uri).map_or(Keys::Unavailable, Keys::Set),
+        JwksSource::Unset => Keys::Unavailable,
+    };
+    let rules = if preflight {
+        &[][..]
+    } else {
+        &policy.jwt_rules[..]
+    };
+    let authn = authenticate(rules, &request.headers, query.as_deref(), &keys, now);
+    let identity = match authn.result {
+        Ok(id) => id,
+        Err(e) => {
+            let mut realm_path = path.clone();
+            if let Some(q) = &query {
+                realm_path.push('?');
+                realm_path.push_str(q);
+            }
+            let mut d = deny(
+                e.http_status(),
+                &e.to_string(),
+                format!("jwt_authn: {e}"),
+                None,
+            );
+            d.www_authenticate = Some(format!(
+                "Bearer realm=\"http://{}{}\", error=\"invalid_token\"",
+                request.host,
+                truncate(&realm_path, MAX_REALM_PATH)
+            ));
+            return d;
+        }
+    };
+    attrs.identity = identity.as_ref();
+    let principal = identity.as_ref().map(|id| id.principal());
+
+    // AUDIT only logs (§3.1); DENY, then ALLOW.
+    if let Some((p, i)) = first_match(policy, Action::Deny, &attrs) {
+        let mut d = deny(
+            403,
+            RBAC_DENIED,
+            format!("denied by DENY policy {} rule {i}", p.id()),
+            principal,
+        );
+        d.policy = Some(p.id());
+        return d;
+    }
+    let has_allow = policy.authz.iter().any(|p| p.action == Action::Allow);
+    let (reason, matched) = if !has_allow {
+        ("no ALLOW policy applies".to_owned(), None)
+    } else if let Some((p, i)) = first_match(policy, Action::Allow, &attrs) {
+        (
+            format!("allowed by ALLOW policy {} rule {i}", p.id()),
+            Some(p.id()),
+        )
+    } else {
+        return deny(
+            403,
+            RBAC_DENIED,
+            "no ALLOW policy matched".into(),
+            principal,
+        );
+    };
+    Decision {
+        status: 200,
+        allowed: true,
+        body: String::new(),
+        reason,
+        principal,
+        policy: matched,
+        www_authenticate: None,
+        forward_path: forward_path(&path, query.as_deref(), &authn.edits),
+        headers: HeaderEdits {
+            remove: authn.edits.remove_headers,
+            add: authn.edits.add_headers,
+        },
+    }
+}
+
+fn first_match<'p>(
+    policy: &'p WorkloadPolicy,
+    action: Action,
+    attrs: &Attributes,
+) -> Option<(&'p AuthzPolicy, usize)> {
+    policy
+        .authz
+        .iter()
+        .filter(|p| p.action == action)
+        .find_map(|p| {
+            p.rules
+                .iter()
+                .position(|r| rule_matches(r, action, attrs))
+                .map(|i| (&**p, i))
+        })
+}
+
+fn deny(status: u16, body: &str, reason: String, principal: Option<String>) -> Decision {
+    Decision {
+        status,
+        allowed: false,
+        body: body.to_owned(),
+        reason,
+        principal,
+        policy: None,
+        www_authenticate: None,
+        forward_path: String::new(),
+        headers: HeaderEdits::default(),
+    }
+}
+
+fn non_empty_header(request: &Request, name: &str) -> bool {
+    request
+        .headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case(name) && !v.trim().is_empty())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Normalized path plus the query, minus token parameters that were consumed
+/// (current Envoy removes them, §2.6).
+fn forward_path(path: &str, query: Option<&str>, edits: &AuthnEdits) -> String {
+    let Some(q) = query else {
+        return path.to_owned();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            !edits.remove_params.iter().any(|p| p == key)
+        })
+        .collect();
+    if edits.remove_params.is_empty() {
+        format!("{path}?{q}")
+    } else if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}

@@ -1,0 +1,163 @@
+//! Rule matching for AuthorizationPolicy (§3.3–§3.10), mirroring the Envoy
+//! matchers Istio generates so absent attributes behave the same: a positive
+//! field never matches a missing attribute, its `not` form always does.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::jwt::Identity;
+use crate::policy::{Action, Attribute, FieldMatch, Rule, StringPattern, TemplatePart, ValueMatch};
+
+/// The request as the RBAC filters see it (after normalization and JWT).
+pub struct Attributes<'a> {
+    pub method: &'a str,
+    /// Normalized path without query.
+    pub path: &'a str,
+    pub host: &'a str,
+    pub headers: &'a [(String, String)],
+    pub port: u16,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub identity: Option<&'a Identity>,
+}
+
+/// Does `rule` of a policy with `action` match?
+pub fn rule_matches(rule: &Rule, action: Action, a: &Attributes) -> bool {
+    let all = |fields: &[FieldMatch]| fields.iter().all(|f| field_matches(f, action, a));
+    rule.from.as_ref().is_none_or(|s| s.iter().any(|f| all(f)))
+        && rule.to.as_ref().is_none_or(|o| o.iter().any(|f| all(f)))
+        && all(&rule.when)
+}
+
+fn field_matches(f: &FieldMatch, action: Action, a: &Attributes) -> bool {
+    if let Attribute::Unsupported(_) = f.attr {
+        // Fail safe: an ALLOW rule cannot be satisfied, a DENY rule loses
+        // the constraint (so it denies more).
+        return action != Action::Allow;
+    }
+    let any = f.values.iter().any(|v| value_matches(&f.attr, v, a));
+    any != f.negated
+}
+
+fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
+    match (attr, v) {
+        (Attribute::RequestPrincipal, ValueMatch::Principal { iss, sub }) => {
+            a.identity.is_some_and(|id| {
+                metadata_str(iss, id.iss.as_deref()) && metadata_str(sub, id.sub.as_deref())
+            })
+        }
+        (Attribute::Path, ValueMatch::Str(p)) => str_match(p, Some(a.path), false),
+        (Attribute::Path, ValueMatch::PathTemplate(t)) => template_match(t, a.path),
+        (Attribute::Method, ValueMatch::Str(p)) => str_match(p, Some(a.method), false),
+        (Attribute::Host, ValueMatch::Str(p)) => {
+            // `:authority` matching ignores case (§3.4); `*` = present.
+            matches!(p, StringPattern::Present) || str_match(p, Some(a.host), true)
+        }
+        (Attribute::Port, ValueMatch::Port(p)) => a.port == *p,
+        (Attribute::SourceIp | Attribute::RemoteIp, ValueMatch::Cidr(net, len)) => {
+            in_cidr(a.source_ip, *net, *len)
+        }
+        (Attribute::DestinationIp, ValueMatch::Cidr(net, len)) => {
+            in_cidr(a.destination_ip, *net, *len)
+        }
+        (Attribute::Header(name), ValueMatch::Str(p)) => {
+            let values: Vec<&str> = a
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if values.is_empty() {
+                return false;
+            }
+            // Envoy joins repeated headers with `,`; `*` = present, even empty.
+            matches!(p, StringPattern::Present) || str_match(p, Some(&values.join(",")), false)
+        }
+        (Attribute::Claim(path), ValueMatch::Str(p)) => a
+            .identity
+            .and_then(|id| {
+                let mut it = path.iter();
+                let mut v = id.claims.get(it.next()?)?;
+                for k in it {
+                    v = v.as_object()?.get(k)?;
+                }
+                Some(claim_match(p, v))
+            })
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Envoy metadata string matcher on the JWT payload: only strings match.
+fn metadata_str(p: &StringPattern, v: Option<&str>) -> bool {
+    str_match(p, v, false)
+}
+
+/// §3.8: a string claim, or a list with a matching string element.
+fn claim_match(p: &StringPattern, v: &Value) -> bool {
+    match v {
+        Value::String(s) => str_match(p, Some(s), false),
+        Value::Array(items) => items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| str_match(p, Some(s), false))),
+        _ => false,
+    }
+}
+
+/// Exact/prefix/suffix, and `*` as regex `.+` (non-empty).
+fn str_match(p: &StringPattern, v: Option<&str>, ignore_case: bool) -> bool {
+    let Some(v) = v else { return false };
+    let lower;
+    let (v, norm): (&str, fn(&str) -> String) = if ignore_case {
+        lower = v.to_ascii_lowercase();
+        (&lower, |s| s.to_ascii_lowercase())
+    } else {
+        (v, |s| s.to_owned())
+    };
+    match p {
+        StringPattern::Exact(e) => v == norm(e),
+        StringPattern::Prefix(x) => v.starts_with(&norm(x)),
+        StringPattern::Suffix(x) => v.ends_with(&norm(x)),
+        StringPattern::Present => !v.is_empty(),
+    }
+}
+
+/// `{*}` = one non-empty segment, `{**}` = anything (§3.12).
+fn template_match(parts: &[TemplatePart], path: &str) -> bool {
+    match parts.split_first() {
+        None => path.is_empty(),
+        Some((TemplatePart::Literal(l), rest)) => path
+            .strip_prefix(l.as_str())
+            .is_some_and(|p| template_match(rest, p)),
+        Some((TemplatePart::OneSegment, rest)) => {
+            let end = path.find('/').unwrap_or(path.len());
+            end > 0 && template_match(rest, &path[end..])
+        }
+        Some((TemplatePart::Rest, rest)) => (0..=path.len())
+            .filter(|i| path.is_char_boundary(*i))
+            .any(|i| template_match(rest, &path[i..])),
+    }
+}
+
+fn in_cidr(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    let ip = match (ip, net) {
+        (IpAddr::V6(v6), IpAddr::V4(_)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        _ => ip,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,98 @@
+//! Authorization decisions: the one pure entry point that the proxy and
+//! `jwtgate check` both call. Envoy's filter order is followed exactly
+//! (`reference/istio-semantics.md` §1): authentication (jwt_authn) first, then
+//! the RBAC filters DENY and ALLOW.
+//!
+//! INTERFACE CONTRACT (used by proxy/ and cli/; keep these signatures).
+//!
+//! Layout: `path` (normalization), `matcher` (rule matching), `engine`
+//! (the ordered steps); this file holds the contract types.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::jwt::JwkSet;
+use crate::policy::WorkloadPolicy;
+
+mod engine;
+mod matcher;
+mod path;
+
+#[cfg(test)]
+mod tests;
+
+pub use matcher::Attributes;
+pub use path::{normalize as normalize_path, InvalidPath};
+
+/// Everything about one HTTP request that a decision may look at.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// The request target as received: path plus optional `?query`.
+    pub path: String,
+    /// Host header / :authority (may include a port).
+    pub host: String,
+    /// Header lines in arrival order; names compared case-insensitively.
+    pub headers: Vec<(String, String)>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+}
+
+/// Changes to apply to the forwarded request when it is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Header names (lower case) to delete from the forwarded request.
+    pub remove: Vec<String>,
+    /// Headers to add (after removal).
+    pub add: Vec<(String, String)>,
+}
+
+/// The outcome of one request: rendered by the proxy as a local reply or a
+/// forward, and by `check` as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// 200 when allowed, else 401 or 403.
+    pub status: u16,
+    pub allowed: bool,
+    /// Response body for a denial (Envoy's exact text), empty when allowed.
+    pub body: String,
+    /// Human-readable explanation for logs and `check`.
+    pub reason: String,
+    /// `iss/sub` of the verified token, if any.
+    pub principal: Option<String>,
+    /// `namespace/name` of the policy that decided, if any.
+    pub policy: Option<String>,
+    /// `www-authenticate` header value for a 401/403 from authentication.
+    pub www_authenticate: Option<String>,
+    /// The normalized path (plus query) to forward when allowed.
+    pub forward_path: String,
+    pub headers: HeaderEdits,
+}
+
+/// Where verified key sets for `jwksUri` rules come from (the fetcher in
+/// `sources/` fills it; tests use a map). `None`: never fetched successfully.
+pub trait JwksLookup {
+    fn jwks(&self, uri: &str) -> Option<Arc<JwkSet>>;
+}
+
+/// How request paths are normalized before matching and forwarding
+/// (DESIGN.md, "Path normalization").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PathNormalization {
+    Base,
+    MergeSlashes,
+    #[default]
+    DecodeAndMergeSlashes,
+}
+
+/// Decide one request. `now` is UNIX seconds.
+pub fn evaluate(
+    policy: &WorkloadPolicy,
+    request: &Request,
+    jwks: &dyn JwksLookup,
+    now: u64,
+    normalization: PathNormalization,
+) -> Decision {
+    engine::evaluate(policy, request, jwks, now, normalization)
+}

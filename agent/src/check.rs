@@ -1,0 +1,162 @@
+//! `jwtgate check`: decide one request offline with exactly the agent's code
+//! path (policy folder → JWKS fetch → `authz::evaluate`) and print the
+//! decision as one JSON object. Exit 0 allowed, 1 denied, 2 bad input.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::json;
+
+use crate::authz::{self, Decision};
+use crate::cli::CheckArgs;
+use crate::policy::WorkloadRef;
+use crate::sources::jwks::JwksStore;
+use crate::sources::policy_dir::PolicyDir;
+
+pub fn run(args: &CheckArgs) -> ExitCode {
+    match decide(args) {
+        Ok(decision) => {
+            println!("{}", render(&decision));
+            if decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(err) => {
+            eprintln!("jwtgate check: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn decide(args: &CheckArgs) -> anyhow::Result<Decision> {
+    let labels = parse_labels(&args.labels)?;
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loaded = PolicyDir::new(&args.policies).load()?;
+    for err in &loaded.errors {
+        eprintln!("jwtgate check: policy: {err}");
+    }
+    let policy = loaded.set.for_workload(
+        &WorkloadRef {
+            namespace: args.namespace.clone(),
+            labels,
+        },
+        &args.root_namespace,
+    );
+    let jwks = JwksStore::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for (uri, timeout) in loaded.set.jwks_uris() {
+        // As in the agent, a key set that cannot be fetched leaves the
+        // provider without keys: its tokens are rejected.
+        if let Err(err) = runtime.block_on(jwks.refresh(&uri, timeout)) {
+            eprintln!("jwtgate check: JWKS fetch failed: {err:#}");
+        }
+    }
+    let host = if args.host.contains(':') || args.port == 80 {
+        args.host.clone()
+    } else {
+        format!("{}:{}", args.host, args.port)
+    };
+    let request = authz::Request {
+        method: args.method.clone(),
+        path: args.path.clone(),
+        host,
+        headers,
+        source_ip: args.source_ip,
+        destination_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        destination_port: args.port,
+    };
+    let now = args.now.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    Ok(authz::evaluate(
+        &policy,
+        &request,
+        &jwks,
+        now,
+        args.path_normalization.into(),
+    ))
+}
+
+/// The contract's JSON: status, allowed, body, reason, principal, policy,
+/// headers (added / removed on the forwarded request, plus the reply's
+/// `www-authenticate`).
+fn render(d: &Decision) -> serde_json::Value {
+    let added: BTreeMap<&str, &str> = d
+        .headers
+        .add
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut headers = json!({ "added": added, "removed": d.headers.remove });
+    if let Some(www) = &d.www_authenticate {
+        headers["www-authenticate"] = json!(www);
+    }
+    json!({
+        "status": d.status,
+        "allowed": d.allowed,
+        "body": d.body,
+        "reason": d.reason,
+        "principal": d.principal,
+        "policy": d.policy,
+        "path": d.forward_path,
+        "headers": headers,
+    })
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--labels: {pair:?} is not k=v"))?;
+        if k.is_empty() {
+            bail!("--labels: empty label name in {pair:?}");
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
+fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = text
+        .split_once(':')
+        .with_context(|| format!("--header {text:?} is not 'Name: value'"))?;
+    let name = name.trim();
+    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        bail!("--header {text:?}: invalid header name");
+    }
+    Ok((name.to_ascii_lowercase(), value.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_headers_parse_or_say_why() {
+        let labels = parse_labels("app=httpbin, version=v1").unwrap();
+        assert_eq!(labels.get("version").map(String::as_str), Some("v1"));
+        assert!(parse_labels("app").is_err());
+        assert!(parse_labels("=x").is_err());
+        assert_eq!(
+            parse_header("Authorization: Bearer a.b.c").unwrap(),
+            ("authorization".to_string(), "Bearer a.b.c".to_string())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+    }
+}

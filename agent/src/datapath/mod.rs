@@ -1,0 +1,577 @@
+//! Kernel side of the agent: loads the eBPF object (`steer` sk_lookup and
+//! `guard` XDP), pins maps and links under the pin root, enrols workloads and
+//! manages the deny lists. This is the only module that uses aya, so the rest
+//! of the agent stays independent of the eBPF library version.
+//!
+//! Layout under the pin root (a bpffs):
+//!
+//! ```text
+//! maps/<MAP_NAME>                 every map of the object, reused across restarts
+//! links/<key>/steer               sk_lookup link attached to the workload netns
+//! links/<key>/guard-<ifname>      XDP link on each interface inside the netns
+//! links/<key>/listener-<id>/      empty directory recording the listener id
+//! ```
+//!
+//! Everything the kernel needs outlives the agent process (pins), so a
+//! restarted agent re-adopts links, finds the listener ids again and only has
+//! to put fresh listener sockets into `VERIFIER_SOCKS`.
+
+mod sys;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, SockHash};
+use aya::programs::links::FdLink;
+use aya::programs::{SkLookup, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use jwtgate_common::{
+    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, MAP_BYPASS_SRC,
+    MAP_DENY_FLOW, MAP_DENY_SRC, MAP_GUARD_STATS, MAP_MESH_PORTS, MAP_STEER_STATS,
+    MAP_VERIFIER_SOCKS, MESH_F_FAIL_OPEN, PROG_GUARD, PROG_STEER, PROTO_TCP,
+};
+
+/// The object built by `cargo xtask build` and copied in by `build.rs`; empty
+/// when the agent was built without it (plain `cargo build`/`cargo test`).
+fn embedded_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jwtgate.bpf.o"))
+}
+
+/// Whether this binary carries the eBPF object (tests skip the kernel parts
+/// when it does not).
+pub fn object_embedded() -> bool {
+    !embedded_object().is_empty()
+}
+
+/// Sources that always reach the application: the verifier's own upstream
+/// connections come from 127.0.0.6 / ::6 (Istio's inbound passthrough
+/// addresses), and steering them again would loop.
+const PASSTHROUGH_SOURCES: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+];
+
+/// Reason value stored with bypass entries (informational only).
+const BYPASS_REASON_PASSTHROUGH: u32 = 1;
+const BYPASS_REASON_CONFIG: u32 = 2;
+
+const LISTENER_DIR_PREFIX: &str = "listener-";
+const STEER_PIN: &str = "steer";
+const GUARD_PIN_PREFIX: &str = "guard-";
+
+/// Loaded programs and handles to the pinned maps.
+pub struct Datapath {
+    pin_root: PathBuf,
+    ebpf: Ebpf,
+    mesh: HashMap<MapData, MeshKey, MeshVal>,
+    socks: SockHash<MapData, u32>,
+    bypass: LpmTrie<MapData, [u8; 16], u32>,
+    steer_stats: PerCpuArray<MapData, u64>,
+    guard_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Datapath {
+    /// Mount bpffs at `pin_root` if it is not one, load the embedded object,
+    /// reuse/pin maps under `pin_root/maps`, load the programs, and make
+    /// 127.0.0.6/32 and ::6/128 bypass steering.
+    pub fn open(pin_root: &Path) -> Result<Datapath> {
+        let object = embedded_object();
+        if object.is_empty() {
+            bail!("agent built without the eBPF object: build with `cargo xtask build`");
+        }
+        sys::ensure_bpffs(pin_root)?;
+        let maps_dir = pin_root.join("maps");
+        std::fs::create_dir_all(&maps_dir)
+            .with_context(|| format!("creating {}", maps_dir.display()))?;
+        std::fs::create_dir_all(pin_root.join("links"))
+            .with_context(|| format!("creating {}/links", pin_root.display()))?;
+
+        // Maps are declared `pinned` in the object: aya opens an existing pin
+        // under maps_dir (so a restarted agent sees the same entries as the
+        // links still attached) or creates and pins the map.
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(object)
+            .context("loading the eBPF object (is this root with CAP_BPF/CAP_NET_ADMIN?)")?;
+
+        let steer: &mut SkLookup = program(&mut ebpf, PROG_STEER)?.try_into()?;
+        steer
+            .load()
+            .context("verifier rejected `steer` (sk_lookup)")?;
+        let guard: &mut Xdp = program(&mut ebpf, PROG_GUARD)?.try_into()?;
+        guard.load().context("verifier rejected `guard` (xdp)")?;
+
+        let mesh = HashMap::try_from(take_map(&mut ebpf, MAP_MESH_PORTS)?)?;
+        let socks = SockHash::try_from(take_map(&mut ebpf, MAP_VERIFIER_SOCKS)?)?;
+        let bypass = LpmTrie::try_from(take_map(&mut ebpf, MAP_BYPASS_SRC)?)?;
+        let steer_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_STEER_STATS)?)?;
+        let guard_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_GUARD_STATS)?)?;
+
+        let mut dp = Datapath {
+            pin_root: pin_root.to_path_buf(),
+            ebpf,
+            mesh,
+            socks,
+            bypass,
+            steer_stats,
+            guard_stats,
+        };
+        for src in PASSTHROUGH_SOURCES {
+            dp.insert_bypass(src, full_prefix(src), BYPASS_REASON_PASSTHROUGH)?;
+        }
+        Ok(dp)
+    }
+
+    /// Let connections from `net/prefix_len` reach the application without
+    /// the verifier (kubelet probe sources, for instance).
+    pub fn bypass_source(&mut self, net: IpAddr, prefix_len: u8) -> Result<()> {
+        if u32::from(prefix_len) > full_prefix(net) {
+            bail!("prefix length {prefix_len} too long for {net}");
+        }
+        self.insert_bypass(net, u32::from(prefix_len), BYPASS_REASON_CONFIG)
+    }
+
+    fn insert_bypass(&mut self, net: IpAddr, prefix_len: u32, reason: u32) -> Result<()> {
+        // IPv4 is stored IPv4-mapped, so its prefix starts after the 96-bit
+        // ::ffff:0:0 head.
+        let bits = match net {
+            IpAddr::V4(_) => 96 + prefix_len,
+            IpAddr::V6(_) => prefix_len,
+        };
+        self.bypass
+            .insert(&LpmKey::new(bits, addr16(net)), reason, 0)
+            .with_context(|| format!("inserting {net}/{prefix_len} into {MAP_BYPASS_SRC}"))
+    }
+
+    /// Enrol one workload: `VERIFIER_SOCKS[id] = listener` (the id is stable
+    /// across agent restarts), `MESH_PORTS` entries for every ip × port, the
+    /// sk_lookup link on the netns and XDP on every up non-loopback interface
+    /// inside it, all pinned under `pin_root/links/<key>/`. Returns the
+    /// listener id.
+    pub fn enrol(
+        &mut self,
+        key: &str,
+        netns: &File,
+        ips: &[IpAddr],
+        ports: &[u16],
+        listener: BorrowedFd<'_>,
+        fail_open: bool,
+    ) -> Result<u32> {
+        if ips.is_empty() || ports.is_empty() {
+            bail!("workload {key}: nothing to enrol (no IPs or no ports)");
+        }
+        let dir = self.key_dir(key);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+        let wanted: HashSet<MeshKey> = ips
+            .iter()
+            .flat_map(|ip| ports.iter().map(move |port| mesh_key(*ip, *port)))
+            .collect();
+        let id = self.listener_id_for(&dir, &wanted)?;
+
+        // Listener first, then the ports: a port must never point at an id
+        // without a socket longer than necessary (that would refuse
+        // connections while fail-closed).
+        self.socks
+            .insert(id, listener.as_raw_fd(), 0)
+            .with_context(|| format!("inserting the listener of {key} into {MAP_VERIFIER_SOCKS} (must be a listening TCP socket)"))?;
+
+        let flags = if fail_open { MESH_F_FAIL_OPEN } else { 0 };
+        for (k, v) in self.mesh_entries()? {
+            if v.listener_id == id && !wanted.contains(&k) {
+                remove_ignoring_missing(self.mesh.remove(&k))?;
+            }
+        }
+        for k in &wanted {
+            self.mesh
+                .insert(
+                    k,
+                    MeshVal {
+                        listener_id: id,
+                        flags,
+                    },
+                    0,
+                )
+                .with_context(|| format!("inserting {key} into {MAP_MESH_PORTS}"))?;
+        }
+        record_listener_id(&dir, id)?;
+
+        self.attach_steer(&dir, netns)
+            .with_context(|| format!("attaching sk_lookup for {key}"))?;
+        self.attach_guard(&dir, netns)
+            .with_context(|| format!("attaching XDP for {key}"))?;
+        Ok(id)
+    }
+
+    /// Remove the map entries and link pins of a workload. Idempotent.
+    pub fn unenrol(&mut self, key: &str) -> Result<()> {
+        let dir = self.key_dir(key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if let Some(id) = read_listener_id(&dir)? {
+            for (k, v) in self.mesh_entries()? {
+                if v.listener_id == id {
+                    remove_ignoring_missing(self.mesh.remove(&k))?;
+                }
+            }
+            remove_ignoring_missing(self.socks.remove(&id))?;
+        }
+        // Removing the last reference to a link (its pin) detaches it.
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// Summed per-CPU counters: `(name, value)` for `STEER_STATS` then
+    /// `GUARD_STATS`.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::with_capacity((steer_stat::COUNT + guard_stat::COUNT) as usize);
+        for (map, names) in [
+            (&self.steer_stats, &steer_stat::NAMES[..]),
+            (&self.guard_stats, &guard_stat::NAMES[..]),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                let per_cpu = map.get(&(i as u32), 0).context("reading counters")?;
+                out.push((*name, per_cpu.iter().sum()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Directory of a workload's pins. Keys are free-form (`ns/name`), so
+    /// everything but `[A-Za-z0-9-]` is escaped as `_HH` to give a unique,
+    /// path-safe name.
+    fn key_dir(&self, key: &str) -> PathBuf {
+        let mut name = String::with_capacity(key.len());
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                name.push(b as char);
+            } else {
+                name.push_str(&format!("_{b:02X}"));
+            }
+        }
+        self.pin_root.join("links").join(name)
+    }
+
+    fn mesh_entries(&self) -> Result<Vec<(MeshKey, MeshVal)>> {
+        self.mesh
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading {MAP_MESH_PORTS}"))
+    }
+
+    /// The id recorded for this workload, else the id its ports already use
+    /// in `MESH_PORTS` (state left by an older agent), else the smallest id
+    /// nobody uses.
+    fn listener_id_for(&self, dir: &Path, wanted: &HashSet<MeshKey>) -> Result<u32> {
+        if let Some(id) = read_listener_id(dir)? {
+            return Ok(id);
+        }
+        let entries = self.mesh_entries()?;
+        if let Some((_, v)) = entries.iter().find(|(k, _)| wanted.contains(k)) {
+            return Ok(v.listener_id);
+        }
+        let mut used: BTreeSet<u32> = entries.iter().map(|(_, v)| v.listener_id).collect();
+        for entry in std::fs::read_dir(self.pin_root.join("links"))? {
+            if let Some(id) = read_listener_id(&entry?.path())? {
+                used.insert(id);
+            }
+        }
+        (1..u32::MAX)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| anyhow!("no free listener id"))
+    }
+
+    /// Re-adopt the pinned sk_lookup link when it is attached to this very
+    /// netns; otherwise attach a new one and atomically replace the pin.
+    fn attach_steer(&mut self, dir: &Path, netns: &File) -> Result<()> {
+        let pin = dir.join(STEER_PIN);
+        let ino = sys::netns_inode(netns)?;
+        if let Some(t) = sys::pinned_link_target(&pin)? {
+            if u64::from(t.target) == ino {
+                return Ok(());
+            }
+        }
+        let prog: &mut SkLookup = program(&mut self.ebpf, PROG_STEER)?.try_into()?;
+        let link_id = prog.attach(netns.as_fd())?;
+        let link = FdLink::from(prog.take_link(link_id)?);
+        pin_replacing(link, &pin)
+    }
+
+    /// XDP on every up, non-loopback interface inside the netns, driver
+    /// mode first (native on veth), generic (skb) mode as the fallback.
+    fn attach_guard(&mut self, dir: &Path, netns: &File) -> Result<()> {
+        let prog: &mut Xdp = program(&mut self.ebpf, PROG_GUARD)?.try_into()?;
+        // Interface names and ifindexes only mean something inside the netns,
+        // and the kernel resolves the attach ifindex in the caller's netns.
+        let attached: Vec<String> = sys::in_netns(netns, || -> Result<Vec<String>> {
+            let mut names = Vec::new();
+            for (ifname, ifindex) in sys::up_interfaces()? {
+                let pin = dir.join(format!("{GUARD_PIN_PREFIX}{ifname}"));
+                names.push(ifname.clone());
+                if let Some(t) = sys::pinned_link_target(&pin)? {
+                    if t.target == ifindex {
+                        continue;
+                    }
+                    // Stale (device gone or recreated): drop it first, an
+                    // interface takes only one XDP link.
+                    std::fs::remove_file(&pin)?;
+                }
+                let link_id = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                    Ok(id) => id,
+                    Err(driver_err) => prog
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
+                        .with_context(|| {
+                            format!("XDP on {ifname}: driver mode failed ({driver_err}), skb mode")
+                        })?,
+                };
+                let link = FdLink::try_from(prog.take_link(link_id)?).map_err(|e| {
+                    anyhow!(
+                        "XDP on {ifname} was attached through netlink and cannot be pinned: {e}"
+                    )
+                })?;
+                pin_replacing(link, &pin)?;
+            }
+            Ok(names)
+        })??;
+        // Interfaces that disappeared: their pins only keep defunct links.
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = name.strip_prefix(GUARD_PIN_PREFIX) {
+                if !attached.iter().any(|n| n == ifname) {
+                    std::fs::remove_file(dir.join(&name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Map access without loading programs: for the `jwtgate deny-source` CLI and
+/// the proxy's bans. Needs the maps pinned by a running (or earlier) agent.
+pub struct DenyList {
+    src: HashMap<MapData, [u8; 16], DenyVal>,
+    flow: HashMap<MapData, FlowKey, DenyVal>,
+}
+
+impl DenyList {
+    pub fn open_pinned(pin_root: &Path) -> Result<DenyList> {
+        let open = |name: &str| -> Result<Map> {
+            let path = pin_root.join("maps").join(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "opening {} (is the agent running with --pin-root {}?)",
+                    path.display(),
+                    pin_root.display()
+                )
+            })?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(DenyList {
+            src: HashMap::try_from(open(MAP_DENY_SRC)?)?,
+            flow: HashMap::try_from(open(MAP_DENY_FLOW)?)?,
+        })
+    }
+
+    /// Ban `src` for `ttl` (`None` = forever): expiry = `CLOCK_MONOTONIC`
+    /// now + ttl, the clock the programs compare against.
+    pub fn deny_source(&mut self, src: IpAddr, ttl: Option<Duration>, reason: u32) -> Result<()> {
+        let val = deny_val(ttl, reason)?;
+        self.src
+            .insert(addr16(src), val, 0)
+            .with_context(|| format!("inserting {src} into {MAP_DENY_SRC}"))
+    }
+
+    pub fn allow_source(&mut self, src: IpAddr) -> Result<()> {
+        remove_ignoring_missing(self.src.remove(&addr16(src)))
+    }
+
+    /// Ban one TCP flow `src:sport → dst:dport` (e.g. a connection the
+    /// verifier wants gone after a 403).
+    pub fn deny_flow(
+        &mut self,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        ttl: Option<Duration>,
+        reason: u32,
+    ) -> Result<()> {
+        let val = deny_val(ttl, reason)?;
+        self.flow
+            .insert(flow_key(src, dst), val, 0)
+            .with_context(|| format!("inserting {src}->{dst} into {MAP_DENY_FLOW}"))
+    }
+
+    pub fn allow_flow(
+        &mut self,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+    ) -> Result<()> {
+        remove_ignoring_missing(self.flow.remove(&flow_key(src, dst)))
+    }
+}
+
+fn deny_val(ttl: Option<Duration>, reason: u32) -> Result<DenyVal> {
+    Ok(DenyVal {
+        expires_ns: match ttl {
+            None => 0,
+            Some(ttl) => sys::monotonic_deadline(ttl)?,
+        },
+        reason,
+        _pad: 0,
+    })
+}
+
+fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> FlowKey {
+    FlowKey {
+        saddr: addr16(src.ip()),
+        daddr: addr16(dst.ip()),
+        // FlowKey ports are in network order, as the XDP program reads them.
+        sport: src.port().to_be(),
+        dport: dst.port().to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// 16-byte map form of an address (IPv4-mapped for IPv4).
+fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn full_prefix(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn mesh_key(ip: IpAddr, port: u16) -> MeshKey {
+    MeshKey {
+        addr: addr16(ip),
+        port,
+        proto: PROTO_TCP,
+        _pad: 0,
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program `{name}` missing from the eBPF object"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map `{name}` missing from the eBPF object"))
+}
+
+fn remove_ignoring_missing(r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Pin `link` at `pin`, replacing whatever is pinned there in one step: pin
+/// under a temporary name, then rename over the old pin (bpffs supports
+/// rename), so the old link stays active until the new one is in place.
+/// (bpffs refuses names containing '.', hence the `tmp-` prefix.)
+fn pin_replacing(link: FdLink, pin: &Path) -> Result<()> {
+    let file_name = pin
+        .file_name()
+        .ok_or_else(|| anyhow!("pin path {} has no file name", pin.display()))?;
+    let tmp = pin.with_file_name(format!("tmp-{}", file_name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let pinned = link
+        .pin(&tmp)
+        .with_context(|| format!("pinning link at {}", tmp.display()))?;
+    std::fs::rename(&tmp, pin).with_context(|| format!("renaming pin to {}", pin.display()))?;
+    // Dropping the handle closes our fd; the pin keeps the link attached.
+    drop(pinned);
+    Ok(())
+}
+
+fn read_listener_id(dir: &Path) -> Result<Option<u32>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(LISTENER_DIR_PREFIX))
+            .and_then(|n| n.parse().ok())
+        {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Record the id as an empty directory: bpffs holds only pins and
+/// directories, and this keeps the id next to the links it belongs to.
+fn record_listener_id(dir: &Path, id: u32) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(LISTENER_DIR_PREFIX) && name != format!("{LISTENER_DIR_PREFIX}{id}") {
+            std::fs::remove_dir(entry.path())?;
+        }
+    }
+    let path = dir.join(format!("{LISTENER_DIR_PREFIX}{id}"));
+    match std::fs::create_dir(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_addresses_are_mapped() {
+        assert_eq!(
+            addr16("10.1.2.3".parse().unwrap()),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]
+        );
+        assert_eq!(addr16("::6".parse().unwrap())[15], 6);
+    }
+
+    #[test]
+    fn flow_ports_are_network_order() {
+        let k = flow_key(
+            "10.0.0.1:1".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        );
+        assert_eq!(k.dport.to_ne_bytes(), 8080u16.to_be_bytes());
+    }
+
+    #[test]
+    fn datapath_is_send() {
+        fn send<T: Send>() {}
+        send::<Datapath>();
+        send::<DenyList>();
+    }
+}

@@ -1,0 +1,276 @@
+//! Envoy jwt_authn as Istio configures it (§2.2): one provider per rule, the
+//! `requires_any`/`allow_missing` requirement, per-token verification in
+//! jwt_verify_lib's order (§2.4) and the side effects of success (§2.6).
+
+use std::sync::Arc;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::error::JwtError;
+use super::extract::{extract, FoundToken, TokenLocation};
+use super::token::{parse, Jwt};
+use super::verify::verify_signature;
+use super::JwkSet;
+use crate::policy::JwtRule;
+
+/// jwt_verify_lib `kClockSkewInSecond`; Istio never overrides it.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+
+/// Keys available for one rule at this moment.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    Set(Arc<JwkSet>),
+    /// `jwksUri` never fetched (or no source at all). Istio ≥ 1.29.1 inlines a
+    /// public-only placeholder key then, so tokens fail with
+    /// `Jwt verification fails` after the issuer/time/audience checks, while
+    /// token-less requests go on (§2.7). We reproduce that outcome without a
+    /// placeholder key: there is never a built-in key to forge against.
+    Unavailable,
+}
+
+/// The identity of a request after successful verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    /// Payload with space-delimited claims split into lists (§2.6), as
+    /// AuthorizationPolicy sees it.
+    pub claims: Map<String, Value>,
+}
+
+impl Identity {
+    /// `iss/sub`, Istio's request principal.
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/{}",
+            self.iss.as_deref().unwrap_or(""),
+            self.sub.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// Request changes implied by authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthnEdits {
+    /// Header names (lower case) to remove.
+    pub remove_headers: Vec<String>,
+    pub add_headers: Vec<(String, String)>,
+    /// Query parameters to remove from the forwarded path.
+    pub remove_params: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthnOutcome {
+    /// `Ok(None)`: no token anywhere (allowed through, no identity).
+    pub result: Result<Option<Identity>, JwtError>,
+    pub edits: AuthnEdits,
+}
+
+/// Run all `rules` (already sorted by issuer) against one request.
+pub fn authenticate(
+    rules: &[Arc<JwtRule>],
+    headers: &[(String, String)],
+    query: Option<&str>,
+    keys: &dyn Fn(&JwtRule) -> Keys,
+    now: u64,
+) -> AuthnOutcome {
+    let mut edits = AuthnEdits::default();
+    // §2.6 anti-spoofing: output headers are cleared whatever happens next.
+    for rule in rules {
+        edits.remove_headers.extend(
+            rule.output_payload_to_header
+                .iter()
+                .map(|h| h.to_ascii_lowercase()),
+        );
+        edits
+            .remove_headers
+            .extend(rule.output_claim_to_headers.iter().map(|(h, _)| h.clone()));
+    }
+    if rules.is_empty() {
+        return AuthnOutcome {
+            result: Ok(None),
+            edits,
+        };
+    }
+
+    let results: Vec<Result<Vec<(FoundToken, Jwt)>, JwtError>> = rules
+        .iter()
+        .map(|rule| verify_provider(rule, headers, query, &keys(rule), now))
+        .collect();
+
+    let result = combine(&results).map(|_| {
+        // Every provider that verified writes its effects; like Envoy's
+        // metadata, the last verified token defines the identity.
+        let mut identity = None;
+        for (rule, res) in rules.iter().zip(&results) {
+            let Ok(tokens) = res else { continue };
+            for (found, jwt) in tokens {
+                apply_success(rule, found, jwt, &mut edits);
+                identity = Some(make_identity(rule, jwt));
+            }
+        }
+        identity
+    });
+    dedup(&mut edits.remove_headers);
+    dedup(&mut edits.remove_params);
+    AuthnOutcome { result, edits }
+}
+
+/// §2.2 requirement: one provider = `requires_any[p0, allow_missing]`;
+/// N ≥ 2 = `requires_any[p0..pN-1, requires_all[requires_any[pi, allow_missing]…]]`.
+/// Both reduce to: OK if some provider verified, or if all providers either
+/// verified or found no token; otherwise the aggregated error.
+fn combine<T>(results: &[Result<T, JwtError>]) -> Result<(), JwtError> {
+    if results.iter().any(Result::is_ok) {
+        return Ok(());
+    }
+    let errors = results.iter().filter_map(|r| r.as_ref().err().copied());
+    // requires_any aggregation: a "real" error beats UnknownIssuer, which
+    // beats Missing; the requires_all child only repeats a provider error.
+    let mut agg = JwtError::Missing;
+    for e in errors {
+        match e {
+            JwtError::Missing => {}
+            JwtError::UnknownIssuer => agg = JwtError::UnknownIssuer,
+            other => {
+                agg = other;
+                break;
+            }
+        }
+    }
+    // allow_missing turns an all-missing outcome into success.
+    if agg == JwtError::Missing {
+        Ok(())
+    } else {
+        Err(agg)
+    }
+}
+
+/// One `provider_name` verifier: every token at the provider's locations
+/// must verify ("If a request has multiple tokens, all of them must be
+/// valid"); no token = `Missing`.
+fn verify_provider(
+    rule: &JwtRule,
+    headers: &[(String, String)],
+    query: Option<&str>,
+    keys: &Keys,
+    now: u64,
+) -> Result<Vec<(FoundToken, Jwt)>, JwtError> {
+    let found = extract(&rule.locations, headers, query);
+    if found.is_empty() {
+        return Err(JwtError::Missing);
+    }
+    found
+        .into_iter()
+        .map(|f| verify_token(rule, &f.token, keys, now).map(|jwt| (f, jwt)))
+        .collect()
+}
+
+/// §2.4 steps 1–6 for one token; the first failure wins.
+pub fn verify_token(rule: &JwtRule, token: &str, keys: &Keys, now: u64) -> Result<Jwt, JwtError> {
+    let jwt = parse(token)?;
+    if !rule.issuer.is_empty() && jwt.iss.as_deref() != Some(rule.issuer.as_str()) {
+        return Err(JwtError::UnknownIssuer);
+    }
+    if let Some(nbf) = jwt.nbf {
+        if now.saturating_add(CLOCK_SKEW_SECS) < nbf {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let Some(exp) = jwt.exp {
+        if exp != 0 && now > exp.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(JwtError::Expired);
+        }
+    }
+    if !rule.audiences.is_empty() && !audience_allowed(&rule.audiences, &jwt.aud) {
+        return Err(JwtError::AudienceNotAllowed);
+    }
+    match keys {
+        Keys::Unavailable => Err(JwtError::VerificationFail),
+        Keys::Set(set) => verify_signature(&jwt, set).map(|()| jwt),
+    }
+}
+
+/// jwt_verify_lib `check_audience.cc`: compare without scheme and one
+/// trailing slash.
+fn audience_allowed(configured: &[String], token: &[String]) -> bool {
+    fn norm(a: &str) -> &str {
+        let a = a
+            .strip_prefix("http://")
+            .or_else(|| a.strip_prefix("https://"))
+            .unwrap_or(a);
+        a.strip_suffix('/').unwrap_or(a)
+    }
+    token
+        .iter()
+        .any(|t| configured.iter().any(|c| norm(c) == norm(t)))
+}
+
+fn apply_success(rule: &JwtRule, found: &FoundToken, jwt: &Jwt, edits: &mut AuthnEdits) {
+    if !rule.forward_original_token {
+        match &found.location {
+            TokenLocation::Header { name, .. } => edits.remove_headers.push(name.clone()),
+            TokenLocation::Param(p) => edits.remove_params.push(p.clone()),
+            // Envoy never rewrites cookies.
+            TokenLocation::Cookie(_) => {}
+        }
+    }
+    if let Some(h) = &rule.output_payload_to_header {
+        edits.add_headers.push((
+            h.to_ascii_lowercase(),
+            jwt.payload_b64.trim_end_matches('=').to_owned(),
+        ));
+    }
+    for (header, claim) in &rule.output_claim_to_headers {
+        if let Some(v) = claim_header_value(&jwt.payload, claim) {
+            edits.add_headers.push((header.clone(), v));
+        }
+    }
+}
+
+/// §2.6 `outputClaimToHeaders` rendering; `.` separates nesting levels.
+fn claim_header_value(payload: &Map<String, Value>, path: &str) -> Option<String> {
+    let mut parts = path.split('.');
+    let mut v = payload.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => u.to_string(),
+            (_, Some(i), _) => i.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            (_, _, Some(f)) => format!("{f:.6}"),
+            _ => return None,
+        },
+        Value::Null => return None,
+        other => base64::engine::general_purpose::STANDARD.encode(other.to_string()),
+    })
+}
+
+fn make_identity(rule: &JwtRule, jwt: &Jwt) -> Identity {
+    let mut claims = jwt.payload.clone();
+    for name in &rule.space_delimited_claims {
+        if let Some(Value::String(s)) = claims.get(name) {
+            let parts = s
+                .split(' ')
+                .filter(|p| !p.is_empty())
+                .map(|p| Value::String(p.to_owned()))
+                .collect();
+            claims.insert(name.clone(), Value::Array(parts));
+        }
+    }
+    Identity {
+        iss: jwt.iss.clone(),
+        sub: jwt.sub.clone(),
+        claims,
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+}

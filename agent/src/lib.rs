@@ -1,0 +1,21 @@
+//! jwtgate: enforces Istio `RequestAuthentication` and `AuthorizationPolicy` on
+//! a node without sidecars.
+//!
+//! Pure core (no I/O): [`policy`], [`jwt`], [`authz`]. Edges that adapt to it:
+//! [`sources`] (policy folder, workloads file, JWKS fetching), [`netns`]
+//! (network namespaces), [`datapath`] (eBPF programs and maps), [`proxy`]
+//! (the verifier in front of each enrolled workload), [`metrics`],
+//! and [`app`], which wires them together for `jwtgate agent`.
+
+pub mod app;
+pub mod authz;
+pub mod check;
+pub mod cli;
+pub mod datapath;
+pub mod jwt;
+pub mod metrics;
+pub mod netns;
+pub mod policy;
+pub mod proxy;
+pub mod sources;
+pub mod telemetry;

@@ -1,0 +1,178 @@
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) on
+//! `--metrics-addr`. It reports and never decides.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::proxy::WorkloadStats;
+
+/// Kernel counters, summed over CPUs: `(name, value)`.
+pub type CounterSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// What the endpoint reports.
+pub struct Registry {
+    ready: AtomicBool,
+    workloads: Mutex<Vec<(String, Arc<WorkloadStats>)>>,
+    kernel: Mutex<Option<CounterSource>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            ready: AtomicBool::new(false),
+            workloads: Mutex::new(Vec::new()),
+            kernel: Mutex::new(None),
+        }
+    }
+}
+
+impl Registry {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn add_workload(&self, key: &str, stats: Arc<WorkloadStats>) {
+        if let Ok(mut wls) = self.workloads.lock() {
+            wls.push((key.to_string(), stats));
+        }
+    }
+
+    pub fn set_kernel_counters(&self, source: CounterSource) {
+        if let Ok(mut kernel) = self.kernel.lock() {
+            *kernel = Some(source);
+        }
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP jwtgate_requests_total Requests decided by the verifier.\n");
+        out.push_str("# TYPE jwtgate_requests_total counter\n");
+        let wls = self.workloads.lock().map(|w| w.clone()).unwrap_or_default();
+        for (key, stats) in &wls {
+            for (decision, value) in [
+                ("allowed", &stats.allowed),
+                ("denied_authn", &stats.denied_authn),
+                ("denied_authz", &stats.denied_authz),
+                ("upstream_error", &stats.upstream_errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "jwtgate_requests_total{{workload=\"{key}\",decision=\"{decision}\"}} {}",
+                    value.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP jwtgate_connections_total Connections accepted by the verifier.\n");
+        out.push_str("# TYPE jwtgate_connections_total counter\n");
+        for (key, stats) in &wls {
+            let _ = writeln!(
+                out,
+                "jwtgate_connections_total{{workload=\"{key}\"}} {}",
+                stats.connections.load(Ordering::Relaxed)
+            );
+        }
+        if let Ok(kernel) = self.kernel.lock() {
+            if let Some(source) = kernel.as_ref() {
+                out.push_str(
+                    "# HELP jwtgate_ebpf_events_total Events counted by the eBPF programs.\n",
+                );
+                out.push_str("# TYPE jwtgate_ebpf_events_total counter\n");
+                for (name, value) in source() {
+                    let _ = writeln!(out, "jwtgate_ebpf_events_total{{event=\"{name}\"}} {value}");
+                }
+            }
+        }
+        let _ = writeln!(out, "jwtgate_ready {}", u8::from(self.is_ready()));
+        out
+    }
+}
+
+/// Bind the endpoint now (so a bad address fails start-up) and serve it
+/// until `shutdown` turns true.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {err}"))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /healthz, /readyz, /metrics");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    warn!(%err, "metrics accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let registry = registry.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/healthz" | "/livez" => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" if registry.is_ready() => (StatusCode::OK, "ready\n".to_string()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+        "/metrics" => (StatusCode::OK, registry.render()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_workload_and_kernel_counters() {
+        let registry = Registry::default();
+        let stats = Arc::new(WorkloadStats::default());
+        stats.denied_authz.fetch_add(3, Ordering::Relaxed);
+        registry.add_workload("foo/app", stats);
+        registry.set_kernel_counters(Box::new(|| vec![("steered", 7)]));
+        registry.set_ready(true);
+        let text = registry.render();
+        assert!(text
+            .contains("jwtgate_requests_total{workload=\"foo/app\",decision=\"denied_authz\"} 3"));
+        assert!(text.contains("jwtgate_ebpf_events_total{event=\"steered\"} 7"));
+        assert!(text.contains("jwtgate_ready 1"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The agent under test: the real `jwtgate` binary, configured through files as the
+//! DESIGN's local mode takes them (`--policies DIR`, `--workloads FILE`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{detach_from_terminal, stop_child, tail};
+
+/// How long the agent may take to enrol every workload.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long SIGTERM may take before SIGKILL: above the agent's default drain (10 s).
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// The agent binary: `$JWTGATE_BIN`, else `<workspace>/target/debug/jwtgate`
+/// (`$CARGO_TARGET_DIR` respected). Fails with the command that builds it.
+pub fn binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("JWTGATE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => target_dir().join("debug").join("jwtgate"),
+    };
+    if !path.is_file() {
+        bail!(
+            "agent binary {} not found: build it with `cargo xtask build` (or `cargo build -p jwtgate`), or point JWTGATE_BIN at it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `$CARGO_TARGET_DIR` (relative to the workspace) or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    let ws = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| ws.join(t))
+        .unwrap_or_else(|| ws.join("target"))
+}
+
+/// Where agent logs are kept after the test bed is gone: `target/jwtgate-e2e-logs/`.
+pub fn logs_dir() -> PathBuf {
+    target_dir().join("jwtgate-e2e-logs")
+}
+
+/// The jwtgate workspace (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a one-shot `jwtgate` command (e.g. `deny-source`) and fails unless it exits 0.
+pub fn jwtgate(args: &[&str]) -> Result<Output> {
+    let bin = binary()?;
+    let out = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`jwtgate {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// One entry of workloads.yaml.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub labels: Vec<(String, String)>,
+    pub netns: PathBuf,
+    pub ports: Vec<u16>,
+    pub fail_open: bool,
+    pub ips: Vec<IpAddr>,
+}
+
+/// Renders the workloads file. Strings are emitted as JSON strings, which YAML reads
+/// verbatim, so no value can break the document.
+pub fn workloads_yaml(workloads: &[Workload]) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let mut y = String::from("workloads:\n");
+    for w in workloads {
+        let labels: Vec<String> = w
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+            .collect();
+        let ports: Vec<String> = w.ports.iter().map(u16::to_string).collect();
+        let ips: Vec<String> = w.ips.iter().map(|ip| q(&ip.to_string())).collect();
+        let _ = writeln!(y, "- name: {}", q(&w.name));
+        let _ = writeln!(y, "  namespace: {}", q(&w.namespace));
+        let _ = writeln!(y, "  labels: {{{}}}", labels.join(", "));
+        let _ = writeln!(y, "  netns: {}", q(&w.netns.to_string_lossy()));
+        let _ = writeln!(y, "  ports: [{}]", ports.join(", "));
+        let _ = writeln!(y, "  failOpen: {}", w.fail_open);
+        if !ips.is_empty() {
+            let _ = writeln!(y, "  ips: [{}]", ips.join(", "));
+        }
+    }
+    y
+}
+
+/// Flags of `jwtgate agent` beyond the files the test node writes.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--fail-open` for every workload.
+    pub fail_open: bool,
+    pub root_namespace: Option<String>,
+    pub extra_args: Vec<String>,
+    /// Extra environment, e.g. `RUST_LOG`.
+    pub env: Vec<(String, String)>,
+}
+
+/// Paths the agent is started with.
+#[derive(Debug, Clone)]
+pub struct AgentFiles {
+    pub policies: PathBuf,
+    pub workloads: PathBuf,
+    pub pin_root: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running agent; stopped on drop.
+pub struct Agent {
+    child: Option<Child>,
+    files: AgentFiles,
+    metrics: SocketAddr,
+    status: Option<ExitStatus>,
+    /// Set once an error already carried the log, so Drop does not print it again.
+    log_shown: bool,
+}
+
+impl Agent {
+    /// Spawns `jwtgate agent` and waits until `/readyz` answers 200.
+    pub fn start(files: &AgentFiles, opts: &AgentOptions) -> Result<Self> {
+        let bin = binary()?;
+        let metrics = crate::jwks_server::free_loopback_port()?;
+        let log = fs::File::create(&files.log)
+            .with_context(|| format!("creating {}", files.log.display()))?;
+        let mut cmd = Command::new(&bin);
+        detach_from_terminal(&mut cmd);
+        cmd.arg("agent")
+            .arg("--policies")
+            .arg(&files.policies)
+            .arg("--workloads")
+            .arg(&files.workloads)
+            .arg("--pin-root")
+            .arg(&files.pin_root)
+            .arg("--metrics-addr")
+            .arg(metrics.to_string());
+        if opts.fail_open {
+            cmd.arg("--fail-open");
+        }
+        if let Some(ns) = &opts.root_namespace {
+            cmd.arg("--root-namespace").arg(ns);
+        }
+        cmd.args(&opts.extra_args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // The log goes to a file that failures print: no ANSI colour codes.
+        cmd.env("NO_COLOR", "1");
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut agent = Agent {
+            child: Some(child),
+            files: files.clone(),
+            metrics,
+            status: None,
+            log_shown: false,
+        };
+        if let Err(e) = agent.wait_ready(READY_TIMEOUT) {
+            agent.log_shown = true;
+            return Err(e);
+        }
+        Ok(agent)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last 200 lines the agent logged, headed by the log file's path.
+    pub fn log(&self) -> String {
+        format!(
+            "--- {}\n{}",
+            self.files.log.display(),
+            tail(&self.files.log, 200)
+        )
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let r = crate::http::get_in(None, self.metrics, "/metrics", None)?;
+        if r.status != 200 {
+            bail!("/metrics answered {}", r.status);
+        }
+        Ok(r.text())
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(st) = child.try_wait()? {
+                    self.child = None;
+                    self.status = Some(st);
+                    bail!(
+                        "the agent exited before it was ready ({st}); its log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            match crate::http::get_in(None, self.metrics, "/readyz", None) {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => last = format!("{} {}", r.status, r.text().trim()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent was not ready within {timeout:?} (GET http://{}/readyz: {last}); its log:\n{}",
+                    self.metrics,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM (drain), bounded wait, SIGKILL. Returns the exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(child) = self.child.take() {
+            self.status = Some(stop_child(child, "jwtgate agent", STOP_GRACE)?);
+        }
+        self.status.context("the agent was never started")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        match self.stop() {
+            Ok(st) if st.success() || self.log_shown => {}
+            Ok(st) => eprintln!(
+                "jwtgate-e2e: the agent ended with {st}; its log:\n{}",
+                self.log()
+            ),
+            Err(e) => eprintln!("jwtgate-e2e: stopping the agent: {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_yaml_matches_the_contract() {
+        let y = workloads_yaml(&[Workload {
+            name: "productpage".into(),
+            namespace: "foo".into(),
+            labels: vec![("app".into(), "productpage".into())],
+            netns: "/var/run/netns/jg-x".into(),
+            ports: vec![9080, 9081],
+            fail_open: false,
+            ips: vec!["10.248.1.2".parse().unwrap()],
+        }]);
+        assert_eq!(
+            y,
+            "workloads:\n- name: \"productpage\"\n  namespace: \"foo\"\n  labels: {\"app\": \"productpage\"}\n  netns: \"/var/run/netns/jg-x\"\n  ports: [9080, 9081]\n  failOpen: false\n  ips: [\"10.248.1.2\"]\n"
+        );
+    }
+}
