@@ -2,7 +2,6 @@
 //! workload (listener in its netns + steering), runs one proxy per workload,
 //! keeps policies and key sets fresh, and drains on SIGTERM.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
@@ -26,9 +25,6 @@ use crate::sources::workloads::{self, Workload};
 const POLICY_POLL: Duration = Duration::from_secs(1);
 /// Retry delay for workloads that could not be enrolled.
 const ENROL_RETRY: Duration = Duration::from_secs(2);
-/// Retry delays for a jwksUri that never answered, doubling up to the cap.
-const JWKS_RETRY_MIN: Duration = Duration::from_secs(1);
-const JWKS_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(config = ?args, "starting jwtgate agent");
@@ -108,7 +104,7 @@ async fn run_async(
 
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
     let (jwks_done_tx, mut jwks_done_rx) = watch::channel(false);
-    tokio::spawn(keep_jwks_fresh(
+    tokio::spawn(crate::sources::jwks::keep_fresh(
         jwks,
         jwks_uris_rx,
         Duration::from_secs(args.jwks_refresh_secs),
@@ -281,59 +277,6 @@ async fn apply_bans(
         match deny.deny_source(source, Some(ttl), jwtgate_common::DENY_REASON_AUTH_FAILURES) {
             Ok(()) => info!(%source, ?ttl, "source banned after repeated token failures"),
             Err(err) => warn!(%source, "cannot ban source: {err:#}"),
-        }
-    }
-}
-
-/// Fetch every jwksUri the policies name: at once when new, then every
-/// `refresh`; failed first fetches are retried with backoff. `done` turns true
-/// once every URI has been tried at least once (part of readiness).
-async fn keep_jwks_fresh(
-    store: Arc<JwksStore>,
-    mut uris: watch::Receiver<Vec<(String, Duration)>>,
-    refresh: Duration,
-    done: watch::Sender<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // uri -> (when to fetch next, current retry delay)
-    let mut due: HashMap<String, (Instant, Duration)> = HashMap::new();
-    loop {
-        let wanted: BTreeMap<String, Duration> = uris.borrow_and_update().iter().cloned().collect();
-        due.retain(|uri, _| wanted.contains_key(uri));
-        store.retain(&wanted.keys().cloned().collect::<Vec<_>>());
-        for (uri, timeout) in &wanted {
-            let entry = due
-                .entry(uri.clone())
-                .or_insert((Instant::now(), JWKS_RETRY_MIN));
-            if entry.0 > Instant::now() {
-                continue;
-            }
-            match store.refresh(uri, *timeout).await {
-                Ok(keys) => {
-                    info!(%uri, keys, "JWKS fetched");
-                    *entry = (Instant::now() + refresh, JWKS_RETRY_MIN);
-                }
-                Err(err) => {
-                    let kept = store.contains(uri);
-                    warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
-                    let delay = if kept {
-                        refresh.min(JWKS_RETRY_MAX)
-                    } else {
-                        entry.1
-                    };
-                    *entry = (Instant::now() + delay, (entry.1 * 2).min(JWKS_RETRY_MAX));
-                }
-            }
-        }
-        // Every wanted URI is due at once when it appears, so after one pass
-        // each has been tried.
-        if !*done.borrow() {
-            let _ = done.send(true);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = uris.changed() => {}
-            _ = shutdown.changed() => return,
         }
     }
 }

@@ -5,6 +5,9 @@
 //! no change and nothing rebuilds) and `JWTGATE_BIN` pointing at the agent
 //! binary the e2e tests start.
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
 use anyhow::{bail, Result};
 
 use crate::build::{self, BuildArgs};
@@ -24,6 +27,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let bin = build::target_dir().join("debug/jwtgate");
 
     let mut failures: Vec<&str> = Vec::new();
+    let mut totals = Totals::default();
     let suites: [(&str, &[&str], &[&str]); 2] = [
         (
             "unit and integration tests (workspace, without jwtgate-e2e)",
@@ -48,9 +52,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
             .args(args.filter.iter())
             .env("JWTGATE_EBPF_OBJ", &object)
             .env("JWTGATE_BIN", &bin)
-            .current_dir(build::workspace_root());
-        let ok = cmd.status().map(|s| s.success()).unwrap_or_else(|e| {
-            eprintln!("test: cannot start cargo: {e}");
+            .current_dir(build::workspace_root())
+            .stdout(Stdio::piped());
+        let ok = run_counting(&mut cmd, &mut totals).unwrap_or_else(|e| {
+            eprintln!("test: cannot run cargo test: {e}");
             false
         });
         if !ok {
@@ -67,6 +72,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "end-to-end:       {}",
         verdict(!failures.iter().any(|f| f.starts_with("privileged")))
     );
+    // One plain closing line over both runs, so the total is read in one
+    // place rather than summed by hand from cargo's per-binary lines.
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     if !failures.is_empty() {
         bail!(
             "{} test suite(s) failed: {}",
@@ -82,5 +93,73 @@ fn verdict(ok: bool) -> &'static str {
         "ok"
     } else {
         "FAILED"
+    }
+}
+
+/// Test counts summed over cargo's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Add the counts of one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Run `cargo test`, echoing its stdout while counting the results.
+fn run_counting(cmd: &mut std::process::Command, totals: &mut Totals) -> std::io::Result<bool> {
+    let mut child = cmd.spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    Ok(child.wait()?.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_result_lines_and_ignores_the_rest() {
+        let mut t = Totals::default();
+        t.add_line("test result: ok. 42 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.05s");
+        t.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 5 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 45,
+                failed: 2,
+                ignored: 1
+            }
+        );
     }
 }

@@ -6,17 +6,23 @@
 //! `reference/istio-semantics.md` §2.7); a later failure never removes the
 //! last good set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::authz::JwksLookup;
 use crate::jwt::JwkSet;
+
+/// Retry delays for a jwksUri that never answered, doubling up to the cap.
+const JWKS_RETRY_MIN: Duration = Duration::from_secs(1);
+const JWKS_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Largest JWKS document accepted; real ones are a few KiB.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -121,4 +127,57 @@ async fn fetch_inner(uri: &str) -> anyhow::Result<String> {
         .to_bytes();
     conn.abort();
     String::from_utf8(body.to_vec()).map_err(|_| anyhow!("{uri}: body is not UTF-8"))
+}
+
+/// Fetch every jwksUri the policies name: at once when new, then every
+/// `refresh`; failed first fetches are retried with backoff. `done` turns true
+/// once every URI has been tried at least once (part of readiness).
+pub async fn keep_fresh(
+    store: Arc<JwksStore>,
+    mut uris: watch::Receiver<Vec<(String, Duration)>>,
+    refresh: Duration,
+    done: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // uri -> (when to fetch next, current retry delay)
+    let mut due: HashMap<String, (Instant, Duration)> = HashMap::new();
+    loop {
+        let wanted: BTreeMap<String, Duration> = uris.borrow_and_update().iter().cloned().collect();
+        due.retain(|uri, _| wanted.contains_key(uri));
+        store.retain(&wanted.keys().cloned().collect::<Vec<_>>());
+        for (uri, timeout) in &wanted {
+            let entry = due
+                .entry(uri.clone())
+                .or_insert((Instant::now(), JWKS_RETRY_MIN));
+            if entry.0 > Instant::now() {
+                continue;
+            }
+            match store.refresh(uri, *timeout).await {
+                Ok(keys) => {
+                    info!(%uri, keys, "JWKS fetched");
+                    *entry = (Instant::now() + refresh, JWKS_RETRY_MIN);
+                }
+                Err(err) => {
+                    let kept = store.contains(uri);
+                    warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
+                    let delay = if kept {
+                        refresh.min(JWKS_RETRY_MAX)
+                    } else {
+                        entry.1
+                    };
+                    *entry = (Instant::now() + delay, (entry.1 * 2).min(JWKS_RETRY_MAX));
+                }
+            }
+        }
+        // Every wanted URI is due at once when it appears, so after one pass
+        // each has been tried.
+        if !*done.borrow() {
+            let _ = done.send(true);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = uris.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
