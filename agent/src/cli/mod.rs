@@ -1,7 +1,14 @@
 //! Command-line interface (the contract in DESIGN.md, "Command line"). This
-//! module parses and dispatches; it decides nothing itself.
+//! module parses and dispatches; it decides nothing itself. The arguments of
+//! `agent` and `check` live in their own files.
 
-use std::net::{IpAddr, SocketAddr};
+mod agent;
+mod check;
+
+pub use agent::AgentArgs;
+pub use check::CheckArgs;
+
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,88 +50,6 @@ pub enum Command {
     DenySource(DenySourceArgs),
     /// Remove a source from the kernel deny list.
     AllowSource(AllowSourceArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct AgentArgs {
-    /// Folder of Istio YAML (RequestAuthentication, AuthorizationPolicy), as
-    /// `kubectl apply -f` takes it; re-read when a file changes.
-    #[arg(long, value_name = "DIR")]
-    pub policies: PathBuf,
-    /// YAML file listing the workloads to protect (name, namespace, labels,
-    /// netns or pid, ports).
-    #[arg(long, value_name = "FILE")]
-    pub workloads: PathBuf,
-    /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
-    pub pin_root: PathBuf,
-    /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
-    /// Let connections reach the application directly while no verifier is
-    /// listening (agent stopped). The default refuses them (fail-closed).
-    #[arg(long)]
-    pub fail_open: bool,
-    /// Namespace whose policies apply mesh-wide.
-    #[arg(long, value_name = "NS", default_value = DEFAULT_ROOT_NAMESPACE)]
-    pub root_namespace: String,
-    /// How request paths are normalized before matching and forwarding.
-    #[arg(long, value_enum, default_value_t = PathNormalizationArg::DecodeAndMergeSlashes)]
-    pub path_normalization: PathNormalizationArg,
-    /// How often every jwksUri is fetched again.
-    #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
-    pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
-    /// How long in-flight connections may take to finish after SIGTERM.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub drain_secs: u64,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct CheckArgs {
-    /// Folder of Istio YAML, as for `agent`.
-    #[arg(long, value_name = "DIR")]
-    pub policies: PathBuf,
-    /// Namespace of the workload receiving the request.
-    #[arg(long, value_name = "NS")]
-    pub namespace: String,
-    /// Labels of the workload, `k=v,k=v`.
-    #[arg(long, value_name = "K=V,...", default_value = "")]
-    pub labels: String,
-    #[arg(long, default_value = "GET")]
-    pub method: String,
-    /// Request target, path plus optional query.
-    #[arg(long, default_value = "/")]
-    pub path: String,
-    #[arg(long, default_value = "localhost")]
-    pub host: String,
-    /// Destination port of the request.
-    #[arg(long, default_value_t = 80)]
-    pub port: u16,
-    /// A request header, `Name: value`; repeat for more.
-    #[arg(long = "header", value_name = "NAME: VALUE")]
-    pub headers: Vec<String>,
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
-    pub source_ip: IpAddr,
-    /// The clock for `exp`/`nbf`, UNIX seconds (default: now).
-    #[arg(long, value_name = "UNIX_SECONDS")]
-    pub now: Option<u64>,
-    #[arg(long, value_name = "NS", default_value = DEFAULT_ROOT_NAMESPACE)]
-    pub root_namespace: String,
-    #[arg(long, value_enum, default_value_t = PathNormalizationArg::DecodeAndMergeSlashes)]
-    pub path_normalization: PathNormalizationArg,
 }
 
 #[derive(Args, Debug, Clone)]

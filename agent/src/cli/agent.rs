@@ -1,0 +1,57 @@
+//! `jwtgate agent` arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{
+    LogFormat, PathNormalizationArg, DEFAULT_METRICS_ADDR, DEFAULT_PIN_ROOT, DEFAULT_ROOT_NAMESPACE,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Folder of Istio YAML (RequestAuthentication, AuthorizationPolicy), as
+    /// `kubectl apply -f` takes it; re-read when a file changes.
+    #[arg(long, value_name = "DIR")]
+    pub policies: PathBuf,
+    /// YAML file listing the workloads to protect (name, namespace, labels,
+    /// netns or pid, ports).
+    #[arg(long, value_name = "FILE")]
+    pub workloads: PathBuf,
+    /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Let connections reach the application directly while no verifier is
+    /// listening (agent stopped). The default refuses them (fail-closed).
+    #[arg(long)]
+    pub fail_open: bool,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, value_name = "NS", default_value = DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+    /// How request paths are normalized before matching and forwarding.
+    #[arg(long, value_enum, default_value_t = PathNormalizationArg::DecodeAndMergeSlashes)]
+    pub path_normalization: PathNormalizationArg,
+    /// How often every jwksUri is fetched again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
+    pub jwks_refresh_secs: u64,
+    /// Ban a source in the kernel after this many failed token verifications
+    /// within --ban-window-secs (0 disables banning).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub ban_after: u32,
+    /// Window for --ban-after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub ban_window_secs: u64,
+    /// How long a banned source stays banned.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub ban_ttl_secs: u64,
+    /// How long in-flight connections may take to finish after SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub drain_secs: u64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
