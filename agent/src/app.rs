@@ -1,69 +1,68 @@
-//! `jwtgate agent`: wiring. Loads inputs, opens the datapath, enrols each
-//! workload (listener in its netns + steering), runs one proxy per workload,
-//! keeps policies and key sets fresh, and drains on SIGTERM.
+//! `jwtgate agent`: wiring. Opens the datapath and the metrics endpoint,
+//! starts one input source — the local files (`--policies`, `--workloads`)
+//! or the Kubernetes API (`--kube`) — and from there on both modes share
+//! every code path: one policy store (a `watch` channel of `PolicySet`), one
+//! enrolment state machine (`enroll::Enroller`), one proxy per enrolled
+//! workload, JWKS kept fresh, drain on SIGTERM.
 
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::AgentArgs;
 use crate::datapath::{Datapath, DenyList};
+use crate::enroll::{Enroller, Inputs, LiveBackend};
+use crate::jwt::TokenCache;
 use crate::metrics::Registry;
-use crate::netns::Netns;
-use crate::policy::{PolicySet, WorkloadPolicy, WorkloadRef};
-use crate::proxy::{self, BanTracker, Shared, WorkloadStats};
+use crate::netns::Finder;
+use crate::proxy::{BanTracker, Shared};
 use crate::sources::jwks::JwksStore;
-use crate::sources::policy_dir::PolicyDir;
-use crate::sources::workloads::{self, Workload};
 
-/// How often the policy folder is checked for changes.
-const POLICY_POLL: Duration = Duration::from_secs(1);
 /// Retry delay for workloads that could not be enrolled.
 const ENROL_RETRY: Duration = Duration::from_secs(2);
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(config = ?args, "starting jwtgate agent");
-    let workloads = workloads::load(&args.workloads)?;
-    let mut policy_dir = PolicyDir::new(&args.policies);
-    let loaded = policy_dir.load()?;
-    for err in &loaded.errors {
-        warn!("policy: {err}");
-    }
-    let (ras, aps) = loaded.set.counts();
-    info!(
-        request_authentications = ras,
-        authorization_policies = aps,
-        "policies loaded"
-    );
+    // Local mode reads its files before anything else, so a bad path fails
+    // at once with the file named.
+    let local = if args.kube {
+        None
+    } else {
+        let (policies, workloads) = match (&args.policies, &args.workloads) {
+            (Some(p), Some(w)) => (p, w),
+            _ => anyhow::bail!("give --policies and --workloads, or --kube"),
+        };
+        Some(crate::sources::local::Local::load(policies, workloads)?)
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("jwtgate")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_async(args, workloads, policy_dir, loaded.set))
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let inputs = match local {
+            Some(local) => local.start(shutdown_rx.clone()),
+            None => crate::kube::start(&args, shutdown_rx.clone()).await?,
+        };
+        run_engine(args, inputs, shutdown_tx, shutdown_rx).await
+    })
 }
 
-/// A workload and the channel that feeds its proxy the current policy.
-struct Enrolled {
-    workload: Workload,
-    policy: watch::Sender<Arc<WorkloadPolicy>>,
-}
-
-async fn run_async(
+/// Everything after the source: identical for local and Kubernetes mode.
+async fn run_engine(
     args: AgentArgs,
-    workloads: Vec<Workload>,
-    policy_dir: PolicyDir,
-    policies: PolicySet,
+    mut inputs: Inputs,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
         registry.clone(),
@@ -94,14 +93,23 @@ async fn run_async(
         Duration::from_secs(args.ban_ttl_secs),
     ));
 
-    let jwks = Arc::new(JwksStore::default());
+    // One verified-token cache for every workload on the node; the JWKS
+    // store tells it which keys left their sets.
+    let token_cache = Arc::new(TokenCache::new(args.jwt.cache_config()));
+    let jwks = Arc::new(JwksStore::new(
+        args.jwt.jwks.options(),
+        Some(token_cache.clone()),
+    )?);
+    crate::metrics::set_token_cache(token_cache.clone());
     let shared = Arc::new(Shared {
         jwks: jwks.clone(),
+        token_cache,
         normalization: args.path_normalization.into(),
         bans: BanTracker::new(args.ban_after, Duration::from_secs(args.ban_window_secs)),
         ban_requests: ban_tx,
     });
 
+    let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
     let (jwks_done_tx, mut jwks_done_rx) = watch::channel(false);
     tokio::spawn(crate::sources::jwks::keep_fresh(
@@ -113,70 +121,81 @@ async fn run_async(
     ));
 
     let drain = Arc::new(());
-    let mut enrolled: Vec<Enrolled> = Vec::new();
-    let mut pending: Vec<Workload> = workloads;
-    let mut policies = policies;
-    let mut policy_dir = policy_dir;
+    let mut backend = LiveBackend {
+        datapath,
+        shared,
+        registry: registry.clone(),
+        drain: drain.clone(),
+        fail_open: args.fail_open,
+        finder: Finder {
+            proc_root: args.host_proc.clone(),
+            netns_dirs: vec![args.netns_dir.clone()],
+        },
+    };
+    let mut enroller = Enroller::new(&args.root_namespace);
+    enroller.set_policies(policies);
+    if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
+        enroller.set_workloads(wls);
+    }
+
     let mut retry = tokio::time::interval(ENROL_RETRY);
-    let mut poll = tokio::time::interval(POLICY_POLL);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // A source that ends keeps its last state in force (no busy loop on a
+    // closed channel).
+    let (mut policies_open, mut workloads_open) = (true, true);
 
     loop {
-        tokio::select! {
-            _ = retry.tick(), if !pending.is_empty() => {
-                let mut still = Vec::new();
-                for wl in pending.drain(..) {
-                    match enrol(&wl, &args, &datapath, &policies, &shared, &registry, &shutdown_rx, &drain) {
-                        Ok(tx) => enrolled.push(Enrolled { workload: wl, policy: tx }),
-                        Err(err) => {
-                            error!(wl = %wl.key(), "cannot enrol workload (retrying): {err:#}");
-                            still.push(wl);
-                        }
-                    }
-                }
-                pending = still;
-            }
-            _ = poll.tick() => {
-                if policy_dir.changed() {
-                    match policy_dir.load() {
-                        Ok(loaded) => {
-                            for err in &loaded.errors {
-                                warn!("policy: {err}");
-                            }
-                            policies = loaded.set;
-                            let (ras, aps) = policies.counts();
-                            info!(request_authentications = ras, authorization_policies = aps, "policies reloaded");
-                            for e in &enrolled {
-                                let _ = e.policy.send(Arc::new(resolve(&policies, &e.workload, &args.root_namespace)));
-                            }
-                            let _ = jwks_uris_tx.send(policies.jwks_uris());
-                        }
-                        Err(err) => warn!("policy folder unreadable, keeping the current policies: {err:#}"),
-                    }
-                }
-            }
-            _ = jwks_done_rx.changed() => {}
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        }
-        let ready = pending.is_empty() && *jwks_done_rx.borrow();
+        enroller.reconcile(&mut backend);
+        let ready = enroller.is_ready() && *jwks_done_rx.borrow();
         if ready != registry.is_ready() {
             registry.set_ready(ready);
             if ready {
-                info!(workloads = enrolled.len(), "ready");
+                info!(workloads = enroller.enrolled_keys().len(), "ready");
             }
+        }
+        tokio::select! {
+            _ = retry.tick(), if enroller.has_pending() => {}
+            changed = inputs.policies.changed(), if policies_open => match changed {
+                Ok(()) => {
+                    let policies = inputs.policies.borrow_and_update().clone();
+                    let _ = jwks_uris_tx.send(policies.jwks_uris());
+                    enroller.set_policies(policies);
+                }
+                Err(_) => {
+                    warn!("policy source ended; keeping the last policies");
+                    policies_open = false;
+                }
+            },
+            changed = inputs.workloads.changed(), if workloads_open => match changed {
+                Ok(()) => {
+                    if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
+                        enroller.set_workloads(wls);
+                    }
+                }
+                Err(_) => {
+                    warn!("workload source ended; keeping the last workloads");
+                    workloads_open = false;
+                }
+            },
+            _ = jwks_done_rx.changed() => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
         }
     }
 
     info!("shutting down: closing listeners, draining open connections");
     registry.set_ready(false);
     let _ = shutdown_tx.send(true);
+    for handle in enroller.handles() {
+        handle.stop();
+    }
     let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
-    while Arc::strong_count(&drain) > 1 && Instant::now() < deadline {
+    while Arc::strong_count(&drain) > 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let open = Arc::strong_count(&drain) - 1;
+    // Two references are not connections: ours and the backend's.
+    let open = Arc::strong_count(&drain).saturating_sub(2);
     if open > 0 {
         warn!(
             open,
@@ -185,86 +204,6 @@ async fn run_async(
     }
     info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
     Ok(())
-}
-
-fn resolve(policies: &PolicySet, wl: &Workload, root_namespace: &str) -> WorkloadPolicy {
-    policies.for_workload(
-        &WorkloadRef {
-            namespace: wl.namespace.clone(),
-            labels: wl.labels.clone(),
-        },
-        root_namespace,
-    )
-}
-
-/// Enrol one workload: listener in its namespace, steering, proxy task.
-#[allow(clippy::too_many_arguments)]
-fn enrol(
-    wl: &Workload,
-    args: &AgentArgs,
-    datapath: &Mutex<Datapath>,
-    policies: &PolicySet,
-    shared: &Arc<Shared>,
-    registry: &Registry,
-    shutdown: &watch::Receiver<bool>,
-    drain: &Arc<()>,
-) -> anyhow::Result<watch::Sender<Arc<WorkloadPolicy>>> {
-    let key = wl.key();
-    let netns = match (&wl.netns, wl.pid) {
-        (Some(path), _) => Netns::open(path)?,
-        (None, Some(pid)) => Netns::open_pid(pid)?,
-        (None, None) => anyhow::bail!("no netns or pid"),
-    };
-    let mut ips = if wl.ips.is_empty() {
-        netns.addresses()?
-    } else {
-        wl.ips.clone()
-    };
-    // The forward hop bypasses steering by its source 127.0.0.6; IPv6 has no
-    // such bypass yet, so IPv6 addresses are not steered (they would loop).
-    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.drain(..).partition(IpAddr::is_ipv4);
-    if !v6.is_empty() {
-        warn!(wl = %key, ?v6, "IPv6 addresses are not steered yet");
-    }
-    anyhow::ensure!(
-        !v4.is_empty(),
-        "no IPv4 address found in {}",
-        netns.path().display()
-    );
-    let listener = netns
-        .bind_listener()
-        .context("cannot create the verifier listener")?;
-    let fail_open = wl.fail_open.unwrap_or(args.fail_open);
-    let listener_id = datapath
-        .lock()
-        .map_err(|_| anyhow::anyhow!("datapath lock poisoned"))?
-        .enrol(
-            &key,
-            netns.file(),
-            &v4,
-            &wl.ports,
-            listener.as_fd(),
-            fail_open,
-        )?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let (tx, rx) = watch::channel(Arc::new(resolve(policies, wl, &args.root_namespace)));
-    let stats = Arc::new(WorkloadStats::default());
-    registry.add_workload(&key, stats.clone());
-    let workload = Arc::new(proxy::Workload {
-        key: key.clone(),
-        netns: Arc::new(netns),
-        policy: rx,
-        stats,
-    });
-    info!(wl = %key, ips = ?v4, ports = ?wl.ports, listener_id, fail_open, "enrolled");
-    tokio::spawn(proxy::serve(
-        listener,
-        workload,
-        shared.clone(),
-        shutdown.clone(),
-        drain.clone(),
-    ));
-    Ok(tx)
 }
 
 /// Write ban requests from the proxies into the kernel's deny list.

@@ -3,7 +3,6 @@
 //! decision as one JSON object. Exit 0 allowed, 1 denied, 2 bad input.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,8 +17,8 @@ use crate::sources::policy_dir::PolicyDir;
 
 pub fn run(args: &CheckArgs) -> ExitCode {
     match decide(args) {
-        Ok(decision) => {
-            println!("{}", render(&decision));
+        Ok((decision, policy_errors)) => {
+            println!("{}", render(&decision, &policy_errors));
             if decision.allowed {
                 ExitCode::SUCCESS
             } else {
@@ -33,7 +32,9 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
 }
 
-fn decide(args: &CheckArgs) -> anyhow::Result<Decision> {
+/// The decision plus the policy problems met on the way (invalid resources
+/// are left out, as in the agent, and reported on stderr and in the JSON).
+fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
     let labels = parse_labels(&args.labels)?;
     let headers = args
         .headers
@@ -51,7 +52,7 @@ fn decide(args: &CheckArgs) -> anyhow::Result<Decision> {
         },
         &args.root_namespace,
     );
-    let jwks = JwksStore::default();
+    let jwks = JwksStore::new(args.jwks.options(), None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -62,18 +63,17 @@ fn decide(args: &CheckArgs) -> anyhow::Result<Decision> {
             eprintln!("jwtgate check: JWKS fetch failed: {err:#}");
         }
     }
-    let host = if args.host.contains(':') || args.port == 80 {
-        args.host.clone()
-    } else {
-        format!("{}:{}", args.host, args.port)
-    };
+    // `--host` is the Host header exactly as the client sends it: `hosts`
+    // match `:authority` as a string (§3.4), so `httpbin.foo` and
+    // `httpbin.foo:8000` are different requests; `--port` is the destination
+    // port (`ports`, `destination.port`).
     let request = authz::Request {
         method: args.method.clone(),
         path: args.path.clone(),
-        host,
+        host: args.host.clone(),
         headers,
         source_ip: args.source_ip,
-        destination_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        destination_ip: args.destination_ip,
         destination_port: args.port,
     };
     let now = args.now.unwrap_or_else(|| {
@@ -82,19 +82,31 @@ fn decide(args: &CheckArgs) -> anyhow::Result<Decision> {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     });
-    Ok(authz::evaluate(
-        &policy,
-        &request,
-        &jwks,
-        now,
-        args.path_normalization.into(),
-    ))
+    let decide = || {
+        authz::evaluate(
+            &policy,
+            &request,
+            &jwks,
+            now,
+            args.path_normalization.into(),
+            None,
+        )
+    };
+    let decision = decide();
+    // As in the proxy: one re-fetch before rejecting an unknown kid.
+    if crate::sources::jwks::unknown_kid(&decision)
+        && runtime.block_on(jwks.refetch_for_rules(&policy.jwt_rules))
+    {
+        return Ok((decide(), loaded.errors));
+    }
+    Ok((decision, loaded.errors))
 }
 
 /// The contract's JSON: status, allowed, body, reason, principal, policy,
 /// headers (added / removed on the forwarded request, plus the reply's
-/// `www-authenticate`).
-fn render(d: &Decision) -> serde_json::Value {
+/// `www-authenticate`); beyond the contract: the forwarded `path`, the
+/// matching `audit` policy and `policy_errors`.
+fn render(d: &Decision, policy_errors: &[String]) -> serde_json::Value {
     let added: BTreeMap<&str, &str> = d
         .headers
         .add
@@ -112,8 +124,10 @@ fn render(d: &Decision) -> serde_json::Value {
         "reason": d.reason,
         "principal": d.principal,
         "policy": d.policy,
+        "audit": d.audit,
         "path": d.forward_path,
         "headers": headers,
+        "policy_errors": policy_errors,
     })
 }
 

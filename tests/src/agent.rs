@@ -1,6 +1,7 @@
 //! The agent under test: the real `jwtgate` binary, configured through files as the
 //! DESIGN's local mode takes them (`--policies DIR`, `--workloads FILE`).
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -112,6 +113,30 @@ pub fn workloads_yaml(workloads: &[Workload]) -> String {
     y
 }
 
+/// `agent --policies … --workloads … --pin-root … --metrics-addr …` and the flags
+/// of `opts`, with the paths of `files` as the agent sees them.
+pub fn agent_args(files: &AgentFiles, metrics: SocketAddr, opts: &AgentOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "agent".into(),
+        "--policies".into(),
+        files.policies.clone().into(),
+        "--workloads".into(),
+        files.workloads.clone().into(),
+        "--pin-root".into(),
+        files.pin_root.clone().into(),
+        "--metrics-addr".into(),
+        metrics.to_string().into(),
+    ];
+    if opts.fail_open {
+        args.push("--fail-open".into());
+    }
+    if let Some(ns) = &opts.root_namespace {
+        args.extend(["--root-namespace".into(), ns.into()]);
+    }
+    args.extend(opts.extra_args.iter().map(OsString::from));
+    args
+}
+
 /// Flags of `jwtgate agent` beyond the files the test node writes.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -146,39 +171,39 @@ impl Agent {
     /// Spawns `jwtgate agent` and waits until `/readyz` answers 200.
     pub fn start(files: &AgentFiles, opts: &AgentOptions) -> Result<Self> {
         let bin = binary()?;
+        Self::start_with(files, |metrics| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(agent_args(files, metrics, opts));
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            // The log goes to a file that failures print: no ANSI colour codes.
+            cmd.env("NO_COLOR", "1");
+            cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+            Ok(cmd)
+        })
+    }
+
+    /// Like `start`, but `launch` builds the command (for example `podman run …`
+    /// with [`agent_args`] appended) given the metrics address to serve on. The
+    /// command's output goes to the log, SIGTERM to it must stop the agent, and
+    /// readiness is still `/readyz` on that address, so the agent must share the
+    /// host network.
+    pub fn start_with(
+        files: &AgentFiles,
+        launch: impl FnOnce(SocketAddr) -> Result<Command>,
+    ) -> Result<Self> {
         let metrics = crate::jwks_server::free_loopback_port()?;
         let log = fs::File::create(&files.log)
             .with_context(|| format!("creating {}", files.log.display()))?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = launch(metrics)?;
         detach_from_terminal(&mut cmd);
-        cmd.arg("agent")
-            .arg("--policies")
-            .arg(&files.policies)
-            .arg("--workloads")
-            .arg(&files.workloads)
-            .arg("--pin-root")
-            .arg(&files.pin_root)
-            .arg("--metrics-addr")
-            .arg(metrics.to_string());
-        if opts.fail_open {
-            cmd.arg("--fail-open");
-        }
-        if let Some(ns) = &opts.root_namespace {
-            cmd.arg("--root-namespace").arg(ns);
-        }
-        cmd.args(&opts.extra_args);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        // The log goes to a file that failures print: no ANSI colour codes.
-        cmd.env("NO_COLOR", "1");
-        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
         let mut agent = Agent {
             child: Some(child),
             files: files.clone(),
@@ -247,6 +272,24 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits up to `timeout` for the process to end on its own (stopped from
+    /// outside, e.g. `podman stop`), without signalling it. Returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                self.status = Some(st);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the agent process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.status.context("the agent was never started")
     }
 
     /// SIGTERM (drain), bounded wait, SIGKILL. Returns the exit status.

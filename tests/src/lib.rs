@@ -6,18 +6,20 @@
 //! are kernel-wide state.
 
 pub mod agent;
+pub mod apiserver;
 pub mod app;
 pub mod faq;
 pub mod http;
 pub mod interrupt;
 pub mod jwks_server;
+pub mod kube_bed;
 pub mod netns;
 pub mod process;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{Agent, AgentOptions, Workload};
+pub use agent::{Agent, AgentFiles, AgentOptions, Workload};
 pub use app::{EchoApp, SeenRequest};
 pub use http::{Conn, Outcome, Request, Response};
 pub use topology::{Client, PodHandle, PodSpec, TestNode};

@@ -332,6 +332,24 @@ impl TestNode {
 
     /// Writes workloads.yaml and starts the agent; returns once `/readyz` is 200.
     pub fn start_agent(&mut self, opts: &AgentOptions) -> Result<&Agent> {
+        let files = self.prepare_agent_files()?;
+        let agent = Agent::start(&files, opts)?;
+        Ok(self.agent.insert(agent))
+    }
+
+    /// Like `start_agent`, with the command built by `launch` from the files (host
+    /// paths) and the metrics address: see [`Agent::start_with`].
+    pub fn start_agent_with(
+        &mut self,
+        launch: impl FnOnce(&AgentFiles, SocketAddr) -> Result<std::process::Command>,
+    ) -> Result<&Agent> {
+        let files = self.prepare_agent_files()?;
+        let agent = Agent::start_with(&files, |metrics| launch(&files, metrics))?;
+        Ok(self.agent.insert(agent))
+    }
+
+    /// Writes workloads.yaml for the current pods; returns the agent's files.
+    fn prepare_agent_files(&self) -> Result<AgentFiles> {
         if self.agent.is_some() {
             bail!("the agent is already running; stop_agent() first");
         }
@@ -341,8 +359,18 @@ impl TestNode {
             &files.workloads,
             crate::agent::workloads_yaml(&self.workloads()),
         )?;
-        let agent = Agent::start(&files, opts)?;
-        Ok(self.agent.insert(agent))
+        Ok(files)
+    }
+
+    /// Waits (bounded) for an agent stopped from outside to exit; see [`Agent::wait_exit`].
+    pub fn wait_agent_exit(&mut self, timeout: std::time::Duration) -> Result<ExitStatus> {
+        let mut agent = self.agent.take().context("no agent running")?;
+        let status = agent.wait_exit(timeout);
+        if status.is_err() {
+            // Keep it, so teardown still stops it.
+            self.agent = Some(agent);
+        }
+        status
     }
 
     /// SIGTERM and wait (bounded); returns the agent's exit status.

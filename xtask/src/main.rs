@@ -1,8 +1,14 @@
 //! Developer tasks. `cargo xtask <task>`; every task that needs the toolchain
 //! or packages calls `setup` first, so a fresh machine needs nothing else.
 
+mod bench;
 mod build;
+mod container_test;
+mod daemonset;
 mod demo;
+mod image;
+mod kind;
+mod kube;
 mod setup;
 mod test;
 
@@ -25,6 +31,16 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Run every test: unit tests and the privileged end-to-end tests.
     Test(test::TestArgs),
+    /// Run the criterion benchmarks (JWT verification, token cache); not part of `test`.
+    Bench(bench::BenchArgs),
+    /// Build the agent image (podman, no registry) and save it for `kind load`.
+    Image(image::ImageArgs),
+    /// Run the image as deploy/'s DaemonSet does and check the FAQ table (root, podman).
+    ContainerTest(container_test::ContainerTestArgs),
+    /// Build kube-apiserver + etcd (Debian sources) and kubernetes-validate into ~/.cache/jwtgate, once.
+    BuildKube,
+    /// Try jwtgate on a local kind cluster (needs Docker and kind).
+    Kind(kind::KindArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +49,10 @@ fn main() -> anyhow::Result<()> {
         Task::Build(args) => build::run(&args).map(|_| ()),
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::Image(args) => image::run(&args),
+        Task::ContainerTest(args) => container_test::run(&args),
+        Task::Kind(args) => kind::run(&args),
+        Task::BuildKube => kube::run(),
     }
 }

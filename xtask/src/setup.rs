@@ -80,7 +80,7 @@ fn cargo_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // No libc dependency for one call: the effective uid is in /proc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -136,6 +136,18 @@ fn wanted_packages(toolchain: Option<&EbpfToolchain>) -> Vec<(&'static str, &'st
         ("iproute2", "ip netns / veth for the privileged tests"),
         ("curl", "client in the end-to-end tests"),
         ("bpftool", "inspecting loaded programs in tests"),
+        (
+            "podman",
+            "builds the agent image and runs it as the DaemonSet does (container test)",
+        ),
+        (
+            "ca-certificates",
+            "the CA bundle the image carries for https jwksUri",
+        ),
+        (
+            "runc",
+            "podman's runtime here: crun fails on hybrid cgroup layouts (xtask/podman/containers.conf)",
+        ),
     ]);
     // nginx serves JWKS in the end-to-end tests; nginx-light is enough.
     if !installed("nginx-light") && !Path::new("/usr/sbin/nginx").exists() {

@@ -25,6 +25,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // build::run runs setup first.
     let object = build::run(&BuildArgs { release: false })?;
     let bin = build::target_dir().join("debug/jwtgate");
+    // The Kubernetes-mode tests need a real API server and the manifest
+    // validator, built once into ~/.cache/jwtgate (xtask/src/kube.rs).
+    let kube_env = crate::kube::test_env(&crate::kube::ensure()?);
 
     let mut failures: Vec<&str> = Vec::new();
     let mut totals = Totals::default();
@@ -52,6 +55,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
             .args(args.filter.iter())
             .env("JWTGATE_EBPF_OBJ", &object)
             .env("JWTGATE_BIN", &bin)
+            .envs(kube_env.iter().map(|(k, v)| (k, v)))
             .current_dir(build::workspace_root())
             .stdout(Stdio::piped());
         let ok = run_counting(&mut cmd, &mut totals).unwrap_or_else(|e| {
@@ -60,6 +64,26 @@ pub fn run(args: &TestArgs) -> Result<()> {
         });
         if !ok {
             failures.push(name);
+        }
+    }
+
+    // The image, run as deploy/'s DaemonSet runs it; setup installs podman.
+    let container = args
+        .filter
+        .as_deref()
+        .is_none_or(|f| "container_test".contains(f))
+        && crate::image::podman_available();
+    if container {
+        eprintln!("test: container test (cargo xtask container-test)");
+        if crate::daemonset::load(&build::workspace_root()).is_err() {
+            eprintln!("\n======== SKIP: container test: no DaemonSet in deploy/ yet ========\n");
+            totals.ignored += 1;
+        } else if let Err(e) = crate::container_test::run(&Default::default()) {
+            eprintln!("test: container test failed: {e:#}");
+            totals.failed += 1;
+            failures.push("container test");
+        } else {
+            totals.passed += 1;
         }
     }
 
@@ -72,6 +96,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "end-to-end:       {}",
         verdict(!failures.iter().any(|f| f.starts_with("privileged")))
     );
+    if container {
+        eprintln!(
+            "container:        {}",
+            verdict(!failures.contains(&"container test"))
+        );
+    }
     // One plain closing line over both runs, so the total is read in one
     // place rather than summed by hand from cargo's per-binary lines.
     println!(

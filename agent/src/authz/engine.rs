@@ -1,11 +1,12 @@
 //! The ordered decision steps (§1): path normalization (HTTP connection
 //! manager), CUSTOM, jwt_authn, AUDIT, DENY, ALLOW.
 
-use crate::jwt::{authenticate, AuthnEdits, Keys};
+use crate::jwt::{authenticate, AuthnEdits, Keys, TokenCache};
 use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, WorkloadPolicy};
 
 use super::matcher::{rule_matches, Attributes};
 use super::path::normalize;
+use super::remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 use super::{Decision, HeaderEdits, JwksLookup, PathNormalization, Request};
 
 /// Envoy's RBAC local reply (§3.13).
@@ -19,6 +20,7 @@ pub fn evaluate(
     jwks: &dyn JwksLookup,
     now: u64,
     normalization: PathNormalization,
+    cache: Option<&TokenCache>,
 ) -> Decision {
     let Ok((path, query)) = normalize(&request.path, normalization) else {
         return deny(
@@ -31,23 +33,26 @@ pub fn evaluate(
     let mut attrs = Attributes {
         method: &request.method,
         path: &path,
+        query: query.as_deref(),
         host: &request.host,
         headers: &request.headers,
         port: request.destination_port,
         source_ip: request.source_ip,
+        remote_ip: remote_ip(&request.headers, request.source_ip, XFF_NUM_TRUSTED_HOPS),
         destination_ip: request.destination_ip,
         identity: None,
     };
 
     // CUSTOM runs before authentication in Istio's chain. jwtgate has no
     // ext_authz client, so it does what istiod does for an unusable provider:
-    // the CUSTOM rules become DENY rules (fail closed, §3.1).
+    // the CUSTOM rules become DENY rules (fail closed, §3.1). Requests the
+    // rules do not match never reach ext_authz in Istio either, so they go on.
     if let Some((p, i)) = first_match(policy, Action::Custom, &attrs) {
         let mut d = deny(
             403,
             RBAC_DENIED,
             format!(
-                "CUSTOM action is not supported: policy {} rule {i} matched",
+                "CUSTOM action is not supported (no ext_authz provider): policy {} rule {i} matched, denied as istiod does for an unknown provider",
                 p.id()
             ),
             None,
@@ -70,7 +75,7 @@ pub fn evaluate(
     } else {
         &policy.jwt_rules[..]
     };
-    let authn = authenticate(rules, &request.headers, query.as_deref(), &keys, now);
+    let authn = authenticate(rules, &request.headers, query.as_deref(), &keys, now, cache);
     let identity = match authn.result {
         Ok(id) => id,
         Err(e) => {
@@ -96,7 +101,12 @@ pub fn evaluate(
     attrs.identity = identity.as_ref();
     let principal = identity.as_ref().map(|id| id.principal());
 
-    // AUDIT only logs (§3.1); DENY, then ALLOW.
+    // AUDIT only logs (§3.1: Envoy's LOG action sets `access_log_hint`);
+    // DENY, then ALLOW.
+    let audit = first_match(policy, Action::Audit, &attrs).map(|(p, i)| {
+        tracing::info!(policy = %p.id(), rule = i, path = %path, principal = ?principal, "AUDIT policy matched");
+        format!("{} rule {i}", p.id())
+    });
     if let Some((p, i)) = first_match(policy, Action::Deny, &attrs) {
         let mut d = deny(
             403,
@@ -105,6 +115,7 @@ pub fn evaluate(
             principal,
         );
         d.policy = Some(p.id());
+        d.audit = audit;
         return d;
     }
     let has_allow = policy.authz.iter().any(|p| p.action == Action::Allow);
@@ -116,12 +127,14 @@ pub fn evaluate(
             Some(p.id()),
         )
     } else {
-        return deny(
+        let mut d = deny(
             403,
             RBAC_DENIED,
             "no ALLOW policy matched".into(),
             principal,
         );
+        d.audit = audit;
+        return d;
     };
     Decision {
         status: 200,
@@ -130,6 +143,7 @@ pub fn evaluate(
         reason,
         principal,
         policy: matched,
+        audit,
         www_authenticate: None,
         forward_path: forward_path(&path, query.as_deref(), &authn.edits),
         headers: HeaderEdits {
@@ -164,6 +178,7 @@ fn deny(status: u16, body: &str, reason: String, principal: Option<String>) -> D
         reason,
         principal,
         policy: None,
+        audit: None,
         www_authenticate: None,
         forward_path: String::new(),
         headers: HeaderEdits::default(),

@@ -14,10 +14,16 @@ pub struct Attributes<'a> {
     pub method: &'a str,
     /// Normalized path without query.
     pub path: &'a str,
+    /// The query (without `?`), only for `request.headers[:path]`.
+    pub query: Option<&'a str>,
     pub host: &'a str,
     pub headers: &'a [(String, String)],
     pub port: u16,
+    /// The connection's peer (`ipBlocks`, `source.ip`).
     pub source_ip: IpAddr,
+    /// The client after X-Forwarded-For (`remoteIpBlocks`, `remote.ip`),
+    /// see `remote::remote_ip`.
+    pub remote_ip: IpAddr,
     pub destination_ip: IpAddr,
     pub identity: Option<&'a Identity>,
 }
@@ -31,6 +37,11 @@ pub fn rule_matches(rule: &Rule, action: Action, a: &Attributes) -> bool {
 }
 
 fn field_matches(f: &FieldMatch, action: Action, a: &Attributes) -> bool {
+    if let Attribute::Absent(_) = f.attr {
+        // No value on a plaintext connection: Envoy's positive matcher is
+        // false, its negation true, whatever the action (§3.5, §3.10).
+        return f.negated;
+    }
     if let Attribute::Unsupported(_) = f.attr {
         // Fail safe: an ALLOW rule cannot be satisfied, a DENY rule loses
         // the constraint (so it denies more).
@@ -55,24 +66,17 @@ fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
             matches!(p, StringPattern::Present) || str_match(p, Some(a.host), true)
         }
         (Attribute::Port, ValueMatch::Port(p)) => a.port == *p,
-        (Attribute::SourceIp | Attribute::RemoteIp, ValueMatch::Cidr(net, len)) => {
-            in_cidr(a.source_ip, *net, *len)
-        }
+        (Attribute::SourceIp, ValueMatch::Cidr(net, len)) => in_cidr(a.source_ip, *net, *len),
+        (Attribute::RemoteIp, ValueMatch::Cidr(net, len)) => in_cidr(a.remote_ip, *net, *len),
         (Attribute::DestinationIp, ValueMatch::Cidr(net, len)) => {
             in_cidr(a.destination_ip, *net, *len)
         }
         (Attribute::Header(name), ValueMatch::Str(p)) => {
-            let values: Vec<&str> = a
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            if values.is_empty() {
+            let Some(value) = header_value(a, name) else {
                 return false;
-            }
-            // Envoy joins repeated headers with `,`; `*` = present, even empty.
-            matches!(p, StringPattern::Present) || str_match(p, Some(&values.join(",")), false)
+            };
+            // `*` = present_match: true even for an empty value (§3.4).
+            matches!(p, StringPattern::Present) || str_match(p, Some(&value), false)
         }
         (Attribute::Claim(path), ValueMatch::Str(p)) => a
             .identity
@@ -87,6 +91,30 @@ fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
             .unwrap_or(false),
         _ => false,
     }
+}
+
+/// The value Envoy's header matcher sees: repeated lines joined with `,`
+/// (§3.4); the pseudo-headers HTTP/1 requests get from the request line and
+/// `Host` (Envoy stores `Host` as `:authority`).
+fn header_value(a: &Attributes, name: &str) -> Option<String> {
+    match name {
+        ":authority" | "host" => return Some(a.host.to_owned()),
+        ":method" => return Some(a.method.to_owned()),
+        ":path" => {
+            return Some(match a.query {
+                Some(q) => format!("{}?{q}", a.path),
+                None => a.path.to_owned(),
+            })
+        }
+        _ => {}
+    }
+    let values: Vec<&str> = a
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 /// Envoy metadata string matcher on the JWT payload: only strings match.

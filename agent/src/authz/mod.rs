@@ -11,18 +11,22 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::jwt::JwkSet;
+use crate::jwt::{JwkSet, TokenCache};
 use crate::policy::WorkloadPolicy;
 
 mod engine;
 mod matcher;
 mod path;
+mod remote;
 
+#[cfg(test)]
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use matcher::Attributes;
 pub use path::{normalize as normalize_path, InvalidPath};
+pub use remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 
 /// Everything about one HTTP request that a decision may look at.
 #[derive(Debug, Clone)]
@@ -63,6 +67,9 @@ pub struct Decision {
     pub principal: Option<String>,
     /// `namespace/name` of the policy that decided, if any.
     pub policy: Option<String>,
+    /// `namespace/name rule N` of the AUDIT policy that matched, if any
+    /// (AUDIT never changes the outcome, §3.1).
+    pub audit: Option<String>,
     /// `www-authenticate` header value for a 401/403 from authentication.
     pub www_authenticate: Option<String>,
     /// The normalized path (plus query) to forward when allowed.
@@ -86,13 +93,15 @@ pub enum PathNormalization {
     DecodeAndMergeSlashes,
 }
 
-/// Decide one request. `now` is UNIX seconds.
+/// Decide one request. `now` is UNIX seconds. `cache`: the node's
+/// verified-token cache (`None` verifies every signature).
 pub fn evaluate(
     policy: &WorkloadPolicy,
     request: &Request,
     jwks: &dyn JwksLookup,
     now: u64,
     normalization: PathNormalization,
+    cache: Option<&TokenCache>,
 ) -> Decision {
-    engine::evaluate(policy, request, jwks, now, normalization)
+    engine::evaluate(policy, request, jwks, now, normalization, cache)
 }

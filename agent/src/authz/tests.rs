@@ -68,6 +68,7 @@ fn run(policy: &WorkloadPolicy, r: &Request) -> Decision {
         &sample_lookup(),
         NOW,
         PathNormalization::default(),
+        None,
     )
 }
 
@@ -230,6 +231,7 @@ fn jwks_never_fetched() {
         &empty,
         NOW,
         PathNormalization::Base,
+        None,
     );
     assert_eq!((d.status, d.body.as_str()), (401, "Jwt verification fails"));
     let d = evaluate(
@@ -238,6 +240,7 @@ fn jwks_never_fetched() {
         &empty,
         NOW,
         PathNormalization::Base,
+        None,
     );
     assert_eq!(d.status, 200);
 }
@@ -437,10 +440,10 @@ fn rbac_semantics_table() {
         ("§3.8 notValues, no JWT", "  rules: [{when: [{key: 'request.auth.claims[foo]', notValues: [bar]}]}]", "GET", "/", &[], None, 200),
         ("§3.8 principal condition", "  rules: [{when: [{key: request.auth.principal, values: ['testing@secure.istio.io/*']}]}]", "GET", "/", &[], demo, 200),
         ("§3.9 destination.port", "  action: DENY\n  rules: [{when: [{key: destination.port, values: ['8000']}]}]", "GET", "/", &[], None, 403),
-        // Fail-safe for fields jwtgate cannot evaluate (brief; §3.14).
-        ("unsupported ALLOW", "  rules: [{from: [{source: {principals: ['*']}}]}]", "GET", "/", &[], demo, 403),
-        ("unsupported DENY", "  action: DENY\n  rules: [{from: [{source: {namespaces: ['x']}}]}]", "GET", "/", &[], None, 403),
-        ("unsupported DENY notX", "  action: DENY\n  rules: [{from: [{source: {notPrincipals: ['x']}}], to: [{operation: {paths: ['/admin']}}]}]", "GET", "/ok", &[], None, 200),
+        // Peer identities on plaintext (§3.5): positive never, not-form always.
+        ("§3.5 principals ALLOW", "  rules: [{from: [{source: {principals: ['*']}}]}]", "GET", "/", &[], demo, 403),
+        ("§3.5 namespaces DENY", "  action: DENY\n  rules: [{from: [{source: {namespaces: ['x']}}]}]", "GET", "/", &[], None, 200),
+        ("§3.5 notPrincipals DENY", "  action: DENY\n  rules: [{from: [{source: {notPrincipals: ['x']}}], to: [{operation: {paths: ['/admin']}}]}]", "GET", "/ok", &[], None, 200),
         // CUSTOM: matching rules deny (istiod's fallback), others pass (§3.1).
         ("§3.1 CUSTOM match", "  action: CUSTOM\n  provider: {name: ext}\n  rules: [{to: [{operation: {paths: ['/admin*']}}]}]", "GET", "/admin/x", &[], demo, 403),
         ("§3.1 CUSTOM no match", "  action: CUSTOM\n  provider: {name: ext}\n  rules: [{to: [{operation: {paths: ['/admin*']}}]}]", "GET", "/x", &[], None, 200),

@@ -13,12 +13,47 @@ use super::{
 pub struct AgentArgs {
     /// Folder of Istio YAML (RequestAuthentication, AuthorizationPolicy), as
     /// `kubectl apply -f` takes it; re-read when a file changes.
-    #[arg(long, value_name = "DIR")]
-    pub policies: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    pub policies: Option<PathBuf>,
     /// YAML file listing the workloads to protect (name, namespace, labels,
     /// netns or pid, ports).
-    #[arg(long, value_name = "FILE")]
-    pub workloads: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    pub workloads: Option<PathBuf>,
+    /// Kubernetes mode: policies, this node's Pods and Namespaces come from
+    /// the API server (in-cluster config, or --kubeconfig); pods that a
+    /// policy selects are enrolled.
+    #[arg(long)]
+    pub kube: bool,
+    /// This node's name (the DaemonSet passes spec.nodeName): only Pods with
+    /// this spec.nodeName are considered.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "NODE_NAME",
+        required_if_eq("kube", "true")
+    )]
+    pub node_name: Option<String>,
+    /// kubeconfig file for --kube (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "FILE", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The host's /proc (hostPID): where pods' network namespaces are found
+    /// (`/host/proc` in the DaemonSet).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    pub host_proc: PathBuf,
+    /// Folder of pinned network namespaces (containerd, CRI-O, `ip netns`),
+    /// searched before --host-proc.
+    #[arg(long, value_name = "DIR", default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
@@ -54,4 +89,7 @@ pub struct AgentArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
+    #[command(flatten)]
+    pub jwt: super::JwtArgs,
 }

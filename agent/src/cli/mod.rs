@@ -4,9 +4,11 @@
 
 mod agent;
 mod check;
+mod jwt;
 
 pub use agent::AgentArgs;
 pub use check::CheckArgs;
+pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::cache::{Lookup, TokenCache};
 use super::error::JwtError;
 use super::extract::{extract, FoundToken, TokenLocation};
 use super::token::{parse, Jwt};
@@ -36,7 +37,7 @@ pub struct Identity {
     pub sub: Option<String>,
     /// Payload with space-delimited claims split into lists (§2.6), as
     /// AuthorizationPolicy sees it.
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 impl Identity {
@@ -67,13 +68,18 @@ pub struct AuthnOutcome {
     pub edits: AuthnEdits,
 }
 
-/// Run all `rules` (already sorted by issuer) against one request.
+/// The tokens one provider verified, with where each was found.
+type Verified = Vec<(FoundToken, Arc<Jwt>)>;
+
+/// Run all `rules` (already sorted by issuer) against one request. With a
+/// `cache`, signatures already verified on this node are not verified again.
 pub fn authenticate(
     rules: &[Arc<JwtRule>],
     headers: &[(String, String)],
     query: Option<&str>,
     keys: &dyn Fn(&JwtRule) -> Keys,
     now: u64,
+    cache: Option<&TokenCache>,
 ) -> AuthnOutcome {
     let mut edits = AuthnEdits::default();
     // §2.6 anti-spoofing: output headers are cleared whatever happens next.
@@ -94,23 +100,23 @@ pub fn authenticate(
         };
     }
 
-    let results: Vec<Result<Vec<(FoundToken, Jwt)>, JwtError>> = rules
+    let results: Vec<Result<Verified, JwtError>> = rules
         .iter()
-        .map(|rule| verify_provider(rule, headers, query, &keys(rule), now))
+        .map(|rule| verify_provider(rule, headers, query, &keys(rule), now, cache))
         .collect();
 
     let result = combine(&results).map(|_| {
         // Every provider that verified writes its effects; like Envoy's
         // metadata, the last verified token defines the identity.
-        let mut identity = None;
+        let mut last = None;
         for (rule, res) in rules.iter().zip(&results) {
             let Ok(tokens) = res else { continue };
             for (found, jwt) in tokens {
                 apply_success(rule, found, jwt, &mut edits);
-                identity = Some(make_identity(rule, jwt));
+                last = Some((rule, jwt));
             }
         }
-        identity
+        last.map(|(rule, jwt)| make_identity(rule, jwt))
     });
     dedup(&mut edits.remove_headers);
     dedup(&mut edits.remove_params);
@@ -156,20 +162,70 @@ fn verify_provider(
     query: Option<&str>,
     keys: &Keys,
     now: u64,
-) -> Result<Vec<(FoundToken, Jwt)>, JwtError> {
+    cache: Option<&TokenCache>,
+) -> Result<Verified, JwtError> {
     let found = extract(&rule.locations, headers, query);
     if found.is_empty() {
         return Err(JwtError::Missing);
     }
     found
         .into_iter()
-        .map(|f| verify_token(rule, &f.token, keys, now).map(|jwt| (f, jwt)))
+        .map(|f| verify_token_cached(rule, &f.token, keys, now, cache).map(|jwt| (f, jwt)))
         .collect()
 }
 
 /// §2.4 steps 1–6 for one token; the first failure wins.
 pub fn verify_token(rule: &JwtRule, token: &str, keys: &Keys, now: u64) -> Result<Jwt, JwtError> {
     let jwt = parse(token)?;
+    check_claims(rule, &jwt, now)?;
+    match keys {
+        Keys::Unavailable => Err(JwtError::VerificationFail),
+        Keys::Set(set) => verify_signature(&jwt, set).map(|_| jwt),
+    }
+}
+
+/// `verify_token` with the node's cache in front of the signature check. A
+/// hit (or a remembered signature failure) still goes through this rule's
+/// issuer, time and audience checks, in the same order, so the answer is the
+/// one `verify_token` would give.
+pub fn verify_token_cached(
+    rule: &JwtRule,
+    token: &str,
+    keys: &Keys,
+    now: u64,
+    cache: Option<&TokenCache>,
+) -> Result<Arc<Jwt>, JwtError> {
+    let (Some(cache), Keys::Set(set)) = (cache, keys) else {
+        return verify_token(rule, token, keys, now).map(Arc::new);
+    };
+    let digest = TokenCache::digest(token);
+    match cache.lookup(&digest, set, now) {
+        Lookup::Verified(jwt) => return check_claims(rule, &jwt, now).map(|()| jwt),
+        Lookup::Failed(jwt, err) => return check_claims(rule, &jwt, now).and(Err(err)),
+        Lookup::Miss => {}
+    }
+    let mut jwt = parse(token)?;
+    check_claims(rule, &jwt, now)?;
+    let verdict = verify_signature(&jwt, set);
+    cache.record_verification(jwt.alg, verdict.is_ok());
+    // The signed bytes and signature are not needed after this.
+    jwt.signed = String::new();
+    jwt.signature = Vec::new();
+    let jwt = Arc::new(jwt);
+    match verdict {
+        Ok(key) => {
+            cache.insert_verified(digest, jwt.clone(), set, key, now);
+            Ok(jwt)
+        }
+        Err(err) => {
+            cache.insert_failed(digest, jwt, set, err, now);
+            Err(err)
+        }
+    }
+}
+
+/// §2.4 steps 2–4: issuer, time window, audience.
+fn check_claims(rule: &JwtRule, jwt: &Jwt, now: u64) -> Result<(), JwtError> {
     if !rule.issuer.is_empty() && jwt.iss.as_deref() != Some(rule.issuer.as_str()) {
         return Err(JwtError::UnknownIssuer);
     }
@@ -186,10 +242,7 @@ pub fn verify_token(rule: &JwtRule, token: &str, keys: &Keys, now: u64) -> Resul
     if !rule.audiences.is_empty() && !audience_allowed(&rule.audiences, &jwt.aud) {
         return Err(JwtError::AudienceNotAllowed);
     }
-    match keys {
-        Keys::Unavailable => Err(JwtError::VerificationFail),
-        Keys::Set(set) => verify_signature(&jwt, set).map(|()| jwt),
-    }
+    Ok(())
 }
 
 /// jwt_verify_lib `check_audience.cc`: compare without scheme and one
@@ -252,8 +305,28 @@ fn claim_header_value(payload: &Map<String, Value>, path: &str) -> Option<String
 }
 
 fn make_identity(rule: &JwtRule, jwt: &Jwt) -> Identity {
-    let mut claims = jwt.payload.clone();
-    for name in &rule.space_delimited_claims {
+    let wanted = &rule.space_delimited_claims;
+    let claims = match jwt.identity_claims.get() {
+        Some((names, claims)) if names == wanted => claims.clone(),
+        _ => {
+            let claims = Arc::new(split_claims(&jwt.payload, wanted));
+            // Rules with other spaceDelimitedClaims simply rebuild theirs.
+            let _ = jwt.identity_claims.set((wanted.clone(), claims.clone()));
+            claims
+        }
+    };
+    Identity {
+        iss: jwt.iss.clone(),
+        sub: jwt.sub.clone(),
+        claims,
+    }
+}
+
+/// §2.6: each named top-level string claim becomes the list of its
+/// space-separated parts.
+fn split_claims(payload: &Map<String, Value>, names: &[String]) -> Map<String, Value> {
+    let mut claims = payload.clone();
+    for name in names {
         if let Some(Value::String(s)) = claims.get(name) {
             let parts = s
                 .split(' ')
@@ -263,14 +336,18 @@ fn make_identity(rule: &JwtRule, jwt: &Jwt) -> Identity {
             claims.insert(name.clone(), Value::Array(parts));
         }
     }
-    Identity {
-        iss: jwt.iss.clone(),
-        sub: jwt.sub.clone(),
-        claims,
-    }
+    claims
 }
 
+/// Keep the first of equal entries. The lists hold a handful of header
+/// names, so a quadratic scan beats hashing (no allocation per request).
 fn dedup(v: &mut Vec<String>) {
-    let mut seen = std::collections::HashSet::new();
-    v.retain(|x| seen.insert(x.clone()));
+    let mut i = 0;
+    while i < v.len() {
+        if v[..i].contains(&v[i]) {
+            v.remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }

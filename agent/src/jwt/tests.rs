@@ -12,9 +12,9 @@ use base64::Engine;
 use super::*;
 use crate::policy::{JwksSource, JwtRule};
 
-const NOW: u64 = 1_700_000_000;
+pub(super) const NOW: u64 = 1_700_000_000;
 
-fn testdata(name: &str) -> String {
+pub(super) fn testdata(name: &str) -> String {
     let p = format!(
         "{}/testdata/istio-samples/{name}",
         env!("CARGO_MANIFEST_DIR")
@@ -22,7 +22,7 @@ fn testdata(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
-fn rule(issuer: &str) -> JwtRule {
+pub(super) fn rule(issuer: &str) -> JwtRule {
     JwtRule {
         origin: "foo/ra".into(),
         issuer: issuer.into(),
@@ -38,9 +38,9 @@ fn rule(issuer: &str) -> JwtRule {
 }
 
 /// Signing keys for every family, plus their public JWKs.
-struct Signers {
+pub(super) struct Signers {
     rsa: RsaKeyPair,
-    p256: EcdsaKeyPair,
+    pub(super) p256: EcdsaKeyPair,
     p384: EcdsaKeyPair,
     p521: EcdsaKeyPair,
     ed: Ed25519KeyPair,
@@ -48,7 +48,7 @@ struct Signers {
 }
 
 impl Signers {
-    fn new() -> Signers {
+    pub(super) fn new() -> Signers {
         let pem = testdata("key.pem");
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         Signers {
@@ -61,7 +61,7 @@ impl Signers {
         }
     }
 
-    fn ec_jwk(kp: &EcdsaKeyPair, crv: &str, kid: &str) -> String {
+    pub(super) fn ec_jwk(kp: &EcdsaKeyPair, crv: &str, kid: &str) -> String {
         let point = kp.public_key().as_ref();
         let n = (point.len() - 1) / 2;
         format!(
@@ -72,7 +72,7 @@ impl Signers {
     }
 
     /// One JWKS holding every public key, kid = family name.
-    fn jwks(&self) -> JwkSet {
+    pub(super) fn jwks(&self) -> JwkSet {
         let rsa: serde_json::Value = serde_json::from_str(&testdata("jwks.json")).unwrap();
         let mut rsa = rsa["keys"][0].clone();
         rsa["kid"] = "rsa".into();
@@ -90,7 +90,7 @@ impl Signers {
     }
 
     /// Sign `payload` with `alg` using the natural key; `kid` optional.
-    fn token(&self, alg: &str, kid: Option<&str>, payload: &str) -> String {
+    pub(super) fn token(&self, alg: &str, kid: Option<&str>, payload: &str) -> String {
         let header = match kid {
             Some(k) => format!(r#"{{"alg":"{alg}","kid":"{k}"}}"#),
             None => format!(r#"{{"alg":"{alg}"}}"#),
@@ -359,7 +359,7 @@ fn istio_sample_tokens() {
     );
 }
 
-fn arc(r: JwtRule) -> Arc<JwtRule> {
+pub(super) fn arc(r: JwtRule) -> Arc<JwtRule> {
     Arc::new(r)
 }
 
@@ -380,7 +380,7 @@ fn requirement_combination() {
     };
     let h = |t: &str| vec![("authorization".to_string(), format!("Bearer {t}"))];
     let run = |rules: &[Arc<JwtRule>], headers: Vec<(String, String)>| {
-        authenticate(rules, &headers, None, &lookup, NOW)
+        authenticate(rules, &headers, None, &lookup, NOW, None)
             .result
             .map(|id| id.map(|i| i.principal()))
     };
@@ -436,7 +436,7 @@ fn success_side_effects() {
         r#"{"iss":"me","scope":"a  b","roles":"x y","permission":["p q"],"n":{"k":"v"},"f":1.5,"b":true,"o":[1]}"#,
     );
     let q = format!("x=1&access_token={t}");
-    let out = authenticate(&[arc(r)], &[], Some(&q), &lookup, NOW);
+    let out = authenticate(&[arc(r)], &[], Some(&q), &lookup, NOW, None);
     let id = out.result.unwrap().unwrap();
     assert_eq!(id.claims["scope"], serde_json::json!(["a", "b"]));
     assert_eq!(id.claims["roles"], serde_json::json!(["x", "y"]));
@@ -451,6 +451,6 @@ fn success_side_effects() {
             ("x-o".into(), STANDARD.encode("[1]")),
         ]
     );
-    let out = authenticate(&[arc(rule("me"))], &[], Some(&q), &lookup, NOW);
+    let out = authenticate(&[arc(rule("me"))], &[], Some(&q), &lookup, NOW, None);
     assert_eq!(out.edits.remove_params, vec!["access_token".to_string()]);
 }

@@ -2,6 +2,8 @@
 //! `reference/istio-semantics.md` §2.4 step 1): the first failing check
 //! decides the error text.
 
+use std::sync::{Arc, OnceLock};
+
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -37,6 +39,28 @@ pub enum Alg {
 }
 
 impl Alg {
+    /// Every algorithm, in `index()` order.
+    pub const ALL: [Alg; 13] = [
+        Alg::Rs256,
+        Alg::Rs384,
+        Alg::Rs512,
+        Alg::Ps256,
+        Alg::Ps384,
+        Alg::Ps512,
+        Alg::Es256,
+        Alg::Es384,
+        Alg::Es512,
+        Alg::EdDsa,
+        Alg::Hs256,
+        Alg::Hs384,
+        Alg::Hs512,
+    ];
+
+    /// Position in `ALL` (per-algorithm counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn from_name(name: &str) -> Option<Alg> {
         Some(match name {
             "RS256" => Alg::Rs256,
@@ -75,6 +99,9 @@ impl Alg {
     }
 }
 
+/// `(spaceDelimitedClaims, claims split accordingly)`, memoized per token.
+pub(crate) type IdentityClaims = (Vec<String>, Arc<Map<String, Value>>);
+
 /// A syntactically valid token; nothing about it is trusted yet.
 #[derive(Debug, Clone)]
 pub struct Jwt {
@@ -90,6 +117,10 @@ pub struct Jwt {
     /// The payload segment exactly as in the token (for `outputPayloadToHeader`).
     pub payload_b64: String,
     pub payload: Map<String, Value>,
+    /// The payload as `Identity::claims` for one `spaceDelimitedClaims`
+    /// list, made on first use: a cached token then gives every later
+    /// request its claims without copying the map.
+    pub(crate) identity_claims: OnceLock<IdentityClaims>,
     /// `header.payload`: the bytes the signature covers.
     pub signed: String,
     pub signature: Vec<u8>,
@@ -164,6 +195,7 @@ pub fn parse(token: &str) -> Result<Jwt, JwtError> {
         aud,
         payload_b64: p64.to_owned(),
         payload,
+        identity_claims: OnceLock::new(),
         signed: format!("{h64}.{p64}"),
         signature,
     })

@@ -18,6 +18,11 @@ use tracing::{info, warn};
 
 use crate::proxy::WorkloadStats;
 
+mod jwks;
+mod token_cache;
+pub use jwks::record_jwks_fetch;
+pub use token_cache::set_token_cache;
+
 /// Kernel counters, summed over CPUs: `(name, value)`.
 pub type CounterSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
@@ -50,6 +55,13 @@ impl Registry {
     pub fn add_workload(&self, key: &str, stats: Arc<WorkloadStats>) {
         if let Ok(mut wls) = self.workloads.lock() {
             wls.push((key.to_string(), stats));
+        }
+    }
+
+    /// Forget an unenrolled workload (its counters stop being reported).
+    pub fn remove_workload(&self, key: &str) {
+        if let Ok(mut wls) = self.workloads.lock() {
+            wls.retain(|(k, _)| k != key);
         }
     }
 
@@ -99,6 +111,8 @@ impl Registry {
                 }
             }
         }
+        jwks::render(&mut out);
+        token_cache::render(&mut out);
         let _ = writeln!(out, "jwtgate_ready {}", u8::from(self.is_ready()));
         out
     }
@@ -169,10 +183,17 @@ mod tests {
         registry.add_workload("foo/app", stats);
         registry.set_kernel_counters(Box::new(|| vec![("steered", 7)]));
         registry.set_ready(true);
+        record_jwks_fetch("http://jwks/a", true);
+        record_jwks_fetch("http://jwks/a", false);
         let text = registry.render();
+        assert!(
+            text.contains("jwtgate_jwks_fetches_total{uri=\"http://jwks/a\",result=\"failure\"} 1")
+        );
         assert!(text
             .contains("jwtgate_requests_total{workload=\"foo/app\",decision=\"denied_authz\"} 3"));
         assert!(text.contains("jwtgate_ebpf_events_total{event=\"steered\"} 7"));
         assert!(text.contains("jwtgate_ready 1"));
+        registry.remove_workload("foo/app");
+        assert!(!registry.render().contains("foo/app"));
     }
 }

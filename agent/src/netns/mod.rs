@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
+mod find;
+pub use find::Finder;
+
 /// Identity of a network namespace: equal ids mean the same namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NetnsId {

@@ -39,6 +39,9 @@ pub struct PolicyError {
     /// `Kind ns/name`, or `document N` when the name is unknown.
     pub resource: String,
     pub message: String,
+    /// The whole file could not be used (YAML syntax error, unreadable): its
+    /// resources cannot be told apart, so they are kept or dropped together.
+    pub whole_file: bool,
 }
 
 /// All policies known to the agent (from one source).
@@ -129,6 +132,79 @@ impl PolicySet {
         }
         out.sort();
         out
+    }
+
+    /// Keep the last good version of what `errors` (from parsing `self`)
+    /// broke, taken from `previous`, the set that was in force: a resource
+    /// that became invalid keeps its previous version, and a file that
+    /// stopped parsing keeps all of its previous resources. A broken edit must
+    /// never open a workload (nor close one that worked). Resources that were
+    /// never valid stay out, as a `kubectl apply` rejected by admission would.
+    /// Returns one line per kept resource or file.
+    pub fn keep_last_good(&mut self, previous: &PolicySet, errors: &[PolicyError]) -> Vec<String> {
+        let mut kept = Vec::new();
+        let mut files: Vec<&str> = errors
+            .iter()
+            .filter(|e| e.whole_file)
+            .map(|e| e.origin.as_str())
+            .collect();
+        files.dedup();
+        for file in files {
+            let old_authns: Vec<_> = previous
+                .authns
+                .iter()
+                .filter(|r| r.origin == file)
+                .cloned()
+                .collect();
+            let old_authzs: Vec<_> = previous
+                .authzs
+                .iter()
+                .filter(|r| r.origin == file)
+                .cloned()
+                .collect();
+            if old_authns.is_empty() && old_authzs.is_empty() {
+                // Nothing known good: what did parse (documents before the
+                // syntax error) is used.
+                continue;
+            }
+            self.authns.retain(|r| r.origin != file);
+            self.authzs.retain(|r| r.origin != file);
+            kept.push(format!(
+                "{file}: keeping its last good version ({} resources)",
+                old_authns.len() + old_authzs.len()
+            ));
+            self.authns.extend(old_authns);
+            self.authzs.extend(old_authzs);
+        }
+        for e in errors.iter().filter(|e| !e.whole_file) {
+            let present = self.authns.iter().any(|r| r.resource == e.resource)
+                || self.authzs.iter().any(|r| r.resource == e.resource);
+            if present {
+                continue;
+            }
+            let old_authns: Vec<_> = previous
+                .authns
+                .iter()
+                .filter(|r| r.resource == e.resource)
+                .cloned()
+                .collect();
+            let old_authzs: Vec<_> = previous
+                .authzs
+                .iter()
+                .filter(|r| r.resource == e.resource)
+                .cloned()
+                .collect();
+            if old_authns.is_empty() && old_authzs.is_empty() {
+                continue;
+            }
+            kept.push(format!(
+                "{}: {}: keeping its last good version",
+                e.origin, e.resource
+            ));
+            self.authns.extend(old_authns);
+            self.authzs.extend(old_authzs);
+        }
+        kept
     }
 
     /// Number of RequestAuthentication and AuthorizationPolicy resources.

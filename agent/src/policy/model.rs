@@ -97,10 +97,18 @@ pub enum Attribute {
     Header(String),
     /// Path into the JWT payload.
     Claim(Vec<String>),
-    /// A field jwtgate cannot evaluate (peer identity needs mTLS). It fails
-    /// safe: an ALLOW rule using it never matches; in DENY/AUDIT/CUSTOM the
-    /// field is dropped, so the rule matches more (§3.14, as istiod does for
-    /// values it cannot convert).
+    /// An attribute that never has a value on jwtgate's path: the peer's mTLS
+    /// identity (`principals`, `namespaces`, `serviceAccounts`,
+    /// `trustDomains`, `source.*` identity keys) and `connection.sni`. jwtgate
+    /// serves plaintext HTTP only, and Envoy's matchers on a plaintext
+    /// connection never match, so the positive form is false and the `not`
+    /// form true (§3.5, TestAuthz_DenyPlaintext).
+    Absent(String),
+    /// A field jwtgate cannot evaluate (`experimental.envoy.filters.*`
+    /// metadata of filters it does not run). It fails safe: an ALLOW rule
+    /// using it never matches; in DENY/AUDIT/CUSTOM the field is dropped, so
+    /// the rule matches more (§3.14, as istiod does for values it cannot
+    /// convert).
     Unsupported(String),
 }
 

@@ -26,6 +26,10 @@ pub enum Attachment {
 
 #[derive(Debug, Clone)]
 pub struct RequestAuthn {
+    /// File it came from and `Kind ns/name`: what the last-good bookkeeping of
+    /// `PolicySet::keep_last_good` matches errors against.
+    pub origin: String,
+    pub resource: String,
     pub namespace: String,
     pub attachment: Attachment,
     pub rules: Vec<Arc<JwtRule>>,
@@ -33,6 +37,8 @@ pub struct RequestAuthn {
 
 #[derive(Debug, Clone)]
 pub struct AuthzEntry {
+    pub origin: String,
+    pub resource: String,
     pub attachment: Attachment,
     pub policy: Arc<AuthzPolicy>,
     /// `istio.io/dry-run: "true"`: evaluated nowhere, like Envoy shadow rules.
@@ -56,7 +62,9 @@ pub fn parse_files(files: &[(String, String)]) -> (Parsed, Vec<PolicyError>) {
             match Value::deserialize_from(doc) {
                 Ok(v) => parse_value(origin, &resource, v, &mut out, &mut errors),
                 Err(e) => {
-                    errors.push(err(origin, &resource, format!("invalid YAML: {e}")));
+                    let mut e = err(origin, &resource, format!("invalid YAML: {e}"));
+                    e.whole_file = true;
+                    errors.push(e);
                     // The YAML stream cannot be resynchronised after a syntax error.
                     break;
                 }
@@ -139,24 +147,23 @@ fn parse_value(
     let result = if kind == "RequestAuthentication" {
         typed::<raw::RequestAuthenticationSpec>(spec)
             .and_then(|s| request_authn(&namespace, &name, s))
-            .map(|ra| out.authns.push(ra))
+            .map(|mut ra| {
+                ra.origin = origin.to_owned();
+                ra.resource = resource.clone();
+                out.authns.push(ra)
+            })
     } else {
         typed::<raw::AuthorizationPolicySpec>(spec)
             .and_then(|s| authz_policy(&namespace, &name, s))
-            .map(|(policy, unsupported)| {
-                if !unsupported.is_empty() {
-                    out.warnings.push(err(
-                        origin,
-                        &resource,
-                        format!(
-                            "{} not supported by jwtgate; the rule fails safe (ALLOW: never matches, DENY: field ignored)",
-                            unsupported.join(", ")
-                        ),
-                    ));
+            .map(|((policy, attachment), notes)| {
+                for note in authz_warnings(&policy, &notes) {
+                    out.warnings.push(err(origin, &resource, note));
                 }
                 out.authzs.push(AuthzEntry {
-                    attachment: policy.1.clone(),
-                    policy: Arc::new(policy.0),
+                    origin: origin.to_owned(),
+                    resource: resource.clone(),
+                    attachment,
+                    policy: Arc::new(policy),
                     dry_run,
                 })
             })
@@ -166,11 +173,50 @@ fn parse_value(
     }
 }
 
+/// Load-time warnings for a policy that loaded but is evaluated in a way its
+/// author may not expect on jwtgate's path.
+fn authz_warnings(policy: &AuthzPolicy, notes: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if policy.action == Action::Custom {
+        out.push(
+            "action CUSTOM is not supported (jwtgate has no ext_authz client): requests matching \
+             its rules are denied with 403, as istiod does for an unknown provider"
+                .to_owned(),
+        );
+    }
+    let (absent, failsafe): (Vec<&String>, Vec<&String>) = notes
+        .iter()
+        .partition(|n| !n.starts_with("when.experimental."));
+    if !absent.is_empty() {
+        out.push(format!(
+            "{} need an mTLS peer or TLS; jwtgate sees plaintext, so (as Envoy on plaintext) \
+             the positive form never matches and the not-form always does",
+            join(&absent)
+        ));
+    }
+    if !failsafe.is_empty() {
+        out.push(format!(
+            "{} not supported by jwtgate; the rule fails safe (ALLOW: never matches, DENY: field ignored)",
+            join(&failsafe)
+        ));
+    }
+    out
+}
+
+fn join(items: &[&String]) -> String {
+    items
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn err(origin: &str, resource: &str, message: String) -> PolicyError {
     PolicyError {
         origin: origin.to_owned(),
         resource: resource.to_owned(),
         message,
+        whole_file: false,
     }
 }
 
@@ -206,15 +252,18 @@ fn request_authn(
         s.selector,
         s.target_ref.is_some() || s.target_refs.is_some(),
     )?;
-    let origin = format!("{ns}/{name}");
+    let id = format!("{ns}/{name}");
     let rules = s
         .jwt_rules
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, r)| jwt_rule(&origin, r).map_err(|m| format!("spec.jwtRules[{i}].{m}")))
+        .map(|(i, r)| jwt_rule(&id, r).map_err(|m| format!("spec.jwtRules[{i}].{m}")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RequestAuthn {
+        // Filled in by the caller, which knows the file.
+        origin: String::new(),
+        resource: String::new(),
         namespace: ns.to_owned(),
         attachment,
         rules: rules.into_iter().map(Arc::new).collect(),
@@ -384,7 +433,8 @@ fn authz_policy(
         Action::Custom if !has_provider => {
             return Err("spec.provider.name: required for action CUSTOM".into())
         }
-        Action::Custom | Action::Deny if s.rules.is_none() => {
+        // `rules: []` is the same as no rules: proto3 cannot tell them apart.
+        Action::Custom | Action::Deny if s.rules.as_ref().is_none_or(|r| r.is_empty()) => {
             return Err("spec.rules: required for action DENY and CUSTOM".into())
         }
         a if a != Action::Custom && s.provider.is_some() => {
@@ -392,15 +442,15 @@ fn authz_policy(
         }
         _ => {}
     }
-    let mut unsupported = Vec::new();
+    let mut notes = Vec::new();
     let mut rules = Vec::new();
     for (i, r) in s.rules.unwrap_or_default().into_iter().enumerate() {
-        let rule = super::rules::rule(r, action, &mut unsupported)
+        let rule = super::rules::rule(r, action, &mut notes)
             .map_err(|m| format!("spec.rules[{i}].{m}"))?;
         rules.push(rule);
     }
-    unsupported.sort();
-    unsupported.dedup();
+    notes.sort();
+    notes.dedup();
     Ok((
         (
             AuthzPolicy {
@@ -411,13 +461,17 @@ fn authz_policy(
             },
             attachment,
         ),
-        unsupported,
+        notes,
     ))
 }
 
 /// `1.2.3.4`, `10.0.0.0/8`, `::1`, `fd00::/8`.
 pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, len) = match s.split_once('/') {
+        // Go's netip accepts only plain decimal lengths (no `+8`).
+        Some((_, len)) if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) => {
+            return None
+        }
         Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, Some(len.parse::<u8>().ok()?)),
         None => (s.parse::<IpAddr>().ok()?, None),
     };

@@ -7,7 +7,9 @@ use super::raw;
 type Fields = Vec<FieldMatch>;
 type Convert = dyn Fn(&str) -> Option<ValueMatch>;
 
-pub fn rule(r: raw::Rule, action: Action, unsupported: &mut Vec<String>) -> Result<Rule, String> {
+/// `notes` collects fields that are evaluated specially on jwtgate's path
+/// (absent peer identity, fail-safe metadata), for a load-time warning.
+pub fn rule(r: raw::Rule, action: Action, notes: &mut Vec<String>) -> Result<Rule, String> {
     let from = match r.from {
         None => None,
         Some(v) if v.is_empty() => return Err("from: must not be empty when present".into()),
@@ -16,7 +18,7 @@ pub fn rule(r: raw::Rule, action: Action, unsupported: &mut Vec<String>) -> Resu
                 .enumerate()
                 .map(|(i, f)| {
                     let s = f.source.ok_or(format!("from[{i}].source: required"))?;
-                    source(s, action, unsupported).map_err(|m| format!("from[{i}].source.{m}"))
+                    source(s, action, notes).map_err(|m| format!("from[{i}].source.{m}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
@@ -36,7 +38,7 @@ pub fn rule(r: raw::Rule, action: Action, unsupported: &mut Vec<String>) -> Resu
     };
     let mut when = Vec::new();
     for (i, c) in r.when.unwrap_or_default().into_iter().enumerate() {
-        condition(c, action, unsupported, &mut when).map_err(|m| format!("when[{i}].{m}"))?;
+        condition(c, action, notes, &mut when).map_err(|m| format!("when[{i}].{m}"))?;
     }
     Ok(Rule { from, to, when })
 }
@@ -142,14 +144,23 @@ fn path(v: &str) -> Option<ValueMatch> {
                 saw_rest = true;
                 parts.push(TemplatePart::Rest);
             }
-            s if s.contains(['{', '}', '*']) => return None,
+            s if s.contains(['{', '}', '*']) || !s.bytes().all(is_pchar) => return None,
             s => parts.push(TemplatePart::Literal(s.to_owned())),
         }
     }
     Some(ValueMatch::PathTemplate(parts))
 }
 
-fn source(s: raw::Source, action: Action, unsupported: &mut Vec<String>) -> Result<Fields, String> {
+/// RFC 3986 `pchar` (percent signs allowed for `%XX`), what Istio's
+/// `CheckValidPathTemplate` requires of literal template segments.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@".contains(&b)
+}
+
+fn source(s: raw::Source, action: Action, notes: &mut Vec<String>) -> Result<Fields, String> {
+    validate_service_accounts(&s)?;
+    validate_trust_domains("trustDomains", s.trust_domains.as_deref())?;
+    validate_trust_domains("notTrustDomains", s.not_trust_domains.as_deref())?;
     let mut out = Vec::new();
     let rp = Attribute::RequestPrincipal;
     push(
@@ -200,7 +211,8 @@ fn source(s: raw::Source, action: Action, unsupported: &mut Vec<String>) -> Resu
         true,
         &cidr,
     )?;
-    // Peer identities need mTLS, which jwtgate does not terminate.
+    // Peer identities come from the mTLS certificate; jwtgate's path is
+    // plaintext, so they are absent and evaluated as Envoy does then (§3.5).
     for (name, values, negated) in [
         ("principals", s.principals, false),
         ("notPrincipals", s.not_principals, true),
@@ -211,15 +223,17 @@ fn source(s: raw::Source, action: Action, unsupported: &mut Vec<String>) -> Resu
         ("trustDomains", s.trust_domains, false),
         ("notTrustDomains", s.not_trust_domains, true),
     ] {
-        if action == Action::Custom && name.contains("rincipals") {
-            return Err(format!("{name}: not allowed with action CUSTOM"));
-        }
         if values.as_ref().is_some_and(|v| !v.is_empty()) {
-            unsupported.push(format!("source.{name}"));
+            if action == Action::Custom {
+                // §3.14: CUSTOM runs before authentication and may not use
+                // identities.
+                return Err(format!("{name}: not allowed with action CUSTOM"));
+            }
+            notes.push(format!("source.{name}"));
             push(
                 &mut out,
                 name,
-                &Attribute::Unsupported(name.into()),
+                &Attribute::Absent(name.into()),
                 values,
                 negated,
                 &string,
@@ -233,6 +247,54 @@ fn source(s: raw::Source, action: Action, unsupported: &mut Vec<String>) -> Resu
         return Err("source: at least one field must be set".into());
     }
     Ok(out)
+}
+
+/// §3.14: at most 16, `sa` or `ns/sa`, no wildcard, not together with
+/// principals or namespaces.
+fn validate_service_accounts(s: &raw::Source) -> Result<(), String> {
+    let set = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    for (name, values) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
+        let Some(values) = values.as_ref().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if values.len() > 16 {
+            return Err(format!("{name}: at most 16 values"));
+        }
+        if set(&s.principals)
+            || set(&s.not_principals)
+            || set(&s.namespaces)
+            || set(&s.not_namespaces)
+        {
+            return Err(format!(
+                "{name}: cannot be combined with principals or namespaces"
+            ));
+        }
+        for (i, v) in values.iter().enumerate() {
+            if v.contains('*') || v.split('/').count() > 2 || v.split('/').any(str::is_empty) {
+                return Err(format!(
+                    "{name}[{i}]: {v:?} must be `name` or `namespace/name`, without wildcards"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// §3.14: one `*` at the start or the end at most, no `/`.
+fn validate_trust_domains(name: &str, values: Option<&[String]>) -> Result<(), String> {
+    for (i, v) in values.unwrap_or_default().iter().enumerate() {
+        let inner = v.trim_start_matches('*').trim_end_matches('*');
+        let stars = v.matches('*').count();
+        if v.contains('/') || inner.contains('*') || stars > 1 {
+            return Err(format!(
+                "{name}[{i}]: {v:?} may only have one `*` at its start or end and no `/`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn operation(o: raw::Operation) -> Result<Fields, String> {
@@ -290,7 +352,7 @@ fn operation(o: raw::Operation) -> Result<Fields, String> {
 fn condition(
     c: raw::Condition,
     action: Action,
-    unsupported: &mut Vec<String>,
+    notes: &mut Vec<String>,
     out: &mut Fields,
 ) -> Result<(), String> {
     let key = c.key.as_str();
@@ -306,8 +368,19 @@ fn condition(
         | "source.principal"
         | "source.serviceAccount"
         | "source.trustDomain"
-        | "connection.sni" => (Attribute::Unsupported(key.into()), &string),
+        | "connection.sni" => (Attribute::Absent(key.into()), &string),
         k if k.starts_with("experimental.envoy.filters.") => {
+            // Istio splits `experimental.envoy.filters.a.b[c]` into filter
+            // and key; anything else is invalid.
+            let ok = k.ends_with(']')
+                && k.split_once('[').is_some_and(|(f, c)| {
+                    f.len() > "experimental.envoy.filters.".len() && c.len() > 1
+                });
+            if !ok {
+                return Err(format!(
+                    "key: {k:?} must be experimental.envoy.filters.<filter>[<key>]"
+                ));
+            }
             (Attribute::Unsupported(key.into()), &string)
         }
         k => {
@@ -340,8 +413,8 @@ fn condition(
     if values_empty && not_empty {
         return Err("values: values or notValues must be set".into());
     }
-    if matches!(attr, Attribute::Unsupported(_)) {
-        unsupported.push(format!("when.{key}"));
+    if matches!(attr, Attribute::Unsupported(_) | Attribute::Absent(_)) {
+        notes.push(format!("when.{key}"));
     }
     push(out, "values", &attr, c.values, false, convert)?;
     push(out, "notValues", &attr, c.not_values, true, convert)?;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::authz::PathNormalization;
+use crate::jwt::TokenCache;
 use crate::netns::Netns;
 use crate::policy::WorkloadPolicy;
 use crate::sources::jwks::JwksStore;
@@ -33,6 +34,8 @@ use crate::sources::jwks::JwksStore;
 /// What every workload proxy shares.
 pub struct Shared {
     pub jwks: Arc<JwksStore>,
+    /// The node's verified-token cache, one for every workload.
+    pub token_cache: Arc<TokenCache>,
     pub normalization: PathNormalization,
     pub bans: BanTracker,
     /// Sources to ban in the kernel; the datapath task applies them.

@@ -15,6 +15,7 @@ use tracing::debug;
 
 use super::{upstream, Shared, Workload};
 use crate::authz::{self, Decision};
+use crate::sources::jwks;
 
 /// The proxy's response body: a local reply or the application's streamed body.
 pub type ProxyBody = Either<Full<Bytes>, Incoming>;
@@ -38,13 +39,22 @@ pub struct ConnContext {
 pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let view = authz_request(&req, ctx);
     let policy = ctx.workload.policy.borrow().clone();
-    let decision = authz::evaluate(
-        &policy,
-        &view,
-        ctx.shared.jwks.as_ref(),
-        unix_now(),
-        ctx.shared.normalization,
-    );
+    let decide = || {
+        authz::evaluate(
+            &policy,
+            &view,
+            ctx.shared.jwks.as_ref(),
+            unix_now(),
+            ctx.shared.normalization,
+            Some(&ctx.shared.token_cache),
+        )
+    };
+    let mut decision = decide();
+    // A kid no key matches may be a key the IdP just rotated in: re-fetch
+    // (rate-limited) and decide once more before rejecting.
+    if jwks::unknown_kid(&decision) && ctx.shared.jwks.refetch_for_rules(&policy.jwt_rules).await {
+        decision = decide();
+    }
     debug!(
         peer = %ctx.peer,
         method = %view.method,

@@ -3,5 +3,6 @@
 //! evaluate nothing.
 
 pub mod jwks;
+pub mod local;
 pub mod policy_dir;
 pub mod workloads;

@@ -1,0 +1,368 @@
+//! The per-node verified-token cache (DESIGN.md "JWT verification"): one
+//! instance shared by every workload on the node, so a token verified for
+//! one request is not verified again for the next, whichever pod it goes to.
+//!
+//! It only replaces the *signature* check. A hit hands back the parsed token;
+//! the caller still runs the issuer, time and audience checks of the rule
+//! that asks (`authn::check_claims`), so the rule of one workload never
+//! leaks into another's decision. Pure: the clock is an argument.
+//!
+//! - Key: SHA-256 of the token (a cryptographic digest: two tokens cannot
+//!   collide into one entry, and the table holds 32 bytes per key).
+//! - Positive entry: the parsed token, the generation of the key set that
+//!   verified it and that key's thumbprint. A hit needs the rule's current
+//!   key set to be that generation or to still hold the thumbprint; a key
+//!   that left its JWKS is also swept out by `forget_keys` on refresh.
+//! - Lifetime ≤ the token's `exp` (and ≤ `max_ttl_secs` for tokens without).
+//! - Bounded by entries and bytes: each entry weighs `max(bytes, max_bytes /
+//!   max_entries)`, so a weight capacity of `max_bytes` caps both at once.
+//! - Negative entries for tokens whose signature check failed, for
+//!   `negative_ttl_secs`, valid only against the same key-set generation (a
+//!   refreshed set gets a fresh verdict).
+//!
+//! quick_cache provides the sharded, weighted S3-FIFO table: reads take a
+//! shard read lock only, and S3-FIFO keeps a flood of one-off tokens from
+//! evicting the hot ones, which an LRU would not.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, Weighter};
+
+use super::error::JwtError;
+use super::jwks::Thumbprint;
+use super::token::{Alg, Jwt};
+use super::JwkSet;
+
+/// SHA-256 of a token.
+pub type TokenDigest = [u8; 32];
+
+/// Sizes and lifetimes; the agent's flags (`cli/jwt.rs`) fill it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most verified tokens kept; 0 turns the positive cache off.
+    pub max_entries: usize,
+    /// Most bytes (estimated) the verified tokens may take.
+    pub max_bytes: u64,
+    /// How long a failed signature check is remembered; 0 turns it off.
+    pub negative_ttl_secs: u64,
+    pub negative_max_entries: usize,
+    /// Lifetime of entries for tokens without `exp`.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            negative_ttl_secs: 30,
+            negative_max_entries: 10_000,
+            max_ttl_secs: 3600,
+        }
+    }
+}
+
+/// Counters, read by `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub negative_hits: AtomicU64,
+    /// Entries pushed out by the size bounds.
+    pub evictions: AtomicU64,
+    /// Entries dropped because their key left its JWKS or they expired.
+    pub invalidations: AtomicU64,
+    /// Signature verifications actually run, per algorithm (`Alg::index`):
+    /// `[ok, failed]`.
+    pub verifications: [[AtomicU64; 2]; 13],
+}
+
+impl CacheStats {
+    /// `(alg, ok, failed)` for every algorithm.
+    pub fn verifications_by_alg(&self) -> Vec<(&'static str, u64, u64)> {
+        Alg::ALL
+            .iter()
+            .map(|a| {
+                let [ok, failed] = &self.verifications[a.index()];
+                (
+                    a.name(),
+                    ok.load(Ordering::Relaxed),
+                    failed.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What the cache knows about a token for a given key set.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Verified earlier by a key the set still holds.
+    Verified(Arc<Jwt>),
+    /// Failed the signature check against this very key set.
+    Failed(Arc<Jwt>, JwtError),
+    Miss,
+}
+
+struct Verified {
+    jwt: Arc<Jwt>,
+    generation: u64,
+    key: Thumbprint,
+    /// UNIX seconds; the entry is not used at or after this.
+    expires_at: u64,
+    bytes: u64,
+}
+
+struct Failed {
+    jwt: Arc<Jwt>,
+    generation: u64,
+    error: JwtError,
+    expires_at: u64,
+}
+
+/// Weight = estimated bytes, but never below `floor`, so that the weight
+/// capacity also bounds the number of entries.
+#[derive(Clone)]
+struct ByteWeighter {
+    floor: u64,
+}
+
+impl Weighter<TokenDigest, Arc<Verified>> for ByteWeighter {
+    fn weight(&self, _: &TokenDigest, v: &Arc<Verified>) -> u64 {
+        v.bytes.max(self.floor)
+    }
+}
+
+/// Counts evictions.
+#[derive(Clone)]
+struct CountEvictions(Arc<CacheStats>);
+
+impl<K, V> Lifecycle<K, V> for CountEvictions {
+    type RequestState = ();
+    fn begin_request(&self) {}
+    fn on_evict(&self, _: &mut (), _: K, _: V) {
+        self.0.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Table<V, W> = Cache<TokenDigest, Arc<V>, W, DefaultHashBuilder, CountEvictions>;
+
+pub struct TokenCache {
+    config: CacheConfig,
+    positive: Option<Table<Verified, ByteWeighter>>,
+    negative: Option<Table<Failed, UnitWeighter>>,
+    stats: Arc<CacheStats>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("config", &self.config)
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub fn new(config: CacheConfig) -> TokenCache {
+        let stats = Arc::new(CacheStats::default());
+        let lifecycle = CountEvictions(stats.clone());
+        let positive = (config.max_entries > 0 && config.max_bytes > 0).then(|| {
+            let floor = config.max_bytes.div_ceil(config.max_entries as u64).max(1);
+            // quick_cache shards by the expected item count; the byte bound
+            // may allow fewer items than max_entries (about 1 KiB each), and
+            // a shard too small for one entry would reject every insert.
+            let expected = config
+                .max_entries
+                .min((config.max_bytes / 1024) as usize)
+                .max(1);
+            Cache::with(
+                expected,
+                config.max_bytes,
+                ByteWeighter { floor },
+                DefaultHashBuilder::default(),
+                lifecycle.clone(),
+            )
+        });
+        let negative =
+            (config.negative_ttl_secs > 0 && config.negative_max_entries > 0).then(|| {
+                Cache::with(
+                    config.negative_max_entries,
+                    config.negative_max_entries as u64,
+                    UnitWeighter,
+                    DefaultHashBuilder::default(),
+                    lifecycle,
+                )
+            });
+        TokenCache {
+            config,
+            positive,
+            negative,
+            stats,
+        }
+    }
+
+    pub fn config(&self) -> CacheConfig {
+        self.config
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Verified tokens held.
+    pub fn len(&self) -> usize {
+        self.positive.as_ref().map_or(0, Cache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Estimated bytes held by verified tokens.
+    pub fn bytes(&self) -> u64 {
+        self.positive.as_ref().map_or(0, Cache::weight)
+    }
+
+    pub fn negative_len(&self) -> usize {
+        self.negative.as_ref().map_or(0, Cache::len)
+    }
+
+    pub fn digest(token: &str) -> TokenDigest {
+        let mut out = [0; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        out
+    }
+
+    /// What is known about the token `digest` when checked against `keys` at
+    /// `now` (UNIX seconds). Counts a hit, a negative hit or a miss.
+    pub(crate) fn lookup(&self, digest: &TokenDigest, keys: &JwkSet, now: u64) -> Lookup {
+        if let Some(positive) = &self.positive {
+            if let Some(e) = positive.get(digest) {
+                let key_still_served =
+                    e.generation == keys.generation() || keys.contains_key(&e.key);
+                if now < e.expires_at && key_still_served {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Lookup::Verified(e.jwt.clone());
+                }
+                // Another rule's set without that key must not drop an entry
+                // that is still good for the set that verified it.
+                if now >= e.expires_at {
+                    positive.remove(digest);
+                    self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(negative) = &self.negative {
+            if let Some(e) = negative.get(digest) {
+                if now < e.expires_at && e.generation == keys.generation() {
+                    self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    return Lookup::Failed(e.jwt.clone(), e.error);
+                }
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        Lookup::Miss
+    }
+
+    /// Remember that the key `keys.keys()[key_index]` verified `jwt`.
+    pub(crate) fn insert_verified(
+        &self,
+        digest: TokenDigest,
+        jwt: Arc<Jwt>,
+        keys: &JwkSet,
+        key_index: usize,
+        now: u64,
+    ) {
+        let Some(positive) = &self.positive else {
+            return;
+        };
+        let Some(key) = keys.keys().get(key_index) else {
+            return;
+        };
+        let cap = now.saturating_add(self.config.max_ttl_secs);
+        let expires_at = match jwt.exp {
+            Some(exp) if exp != 0 => exp.min(cap),
+            _ => cap,
+        };
+        if expires_at <= now {
+            return;
+        }
+        if let Some(negative) = &self.negative {
+            negative.remove(&digest);
+        }
+        let bytes = entry_bytes(&jwt);
+        positive.insert(
+            digest,
+            Arc::new(Verified {
+                jwt,
+                generation: keys.generation(),
+                key: key.thumbprint,
+                expires_at,
+                bytes,
+            }),
+        );
+    }
+
+    /// Remember that `jwt` failed the signature check against `keys`.
+    pub(crate) fn insert_failed(
+        &self,
+        digest: TokenDigest,
+        jwt: Arc<Jwt>,
+        keys: &JwkSet,
+        error: JwtError,
+        now: u64,
+    ) {
+        if let Some(negative) = &self.negative {
+            negative.insert(
+                digest,
+                Arc::new(Failed {
+                    jwt,
+                    generation: keys.generation(),
+                    error,
+                    expires_at: now.saturating_add(self.config.negative_ttl_secs),
+                }),
+            );
+        }
+    }
+
+    /// Count one signature verification that actually ran.
+    pub(crate) fn record_verification(&self, alg: Alg, ok: bool) {
+        self.stats.verifications[alg.index()][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drop every entry verified by one of these keys (they left their
+    /// JWKS). Called by the JWKS store when a refresh removes keys.
+    pub fn forget_keys(&self, removed: &[Thumbprint]) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Some(positive) = &self.positive {
+            let before = positive.len();
+            positive.retain(|_, e| !removed.contains(&e.key));
+            let dropped = before.saturating_sub(positive.len()) as u64;
+            self.stats
+                .invalidations
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        // A failure against an older set is ignored anyway (generation), but
+        // there is no reason to keep it.
+        if let Some(negative) = &self.negative {
+            negative.clear();
+        }
+    }
+}
+
+/// Estimated heap bytes of one entry: the struct, the payload text, and the
+/// parsed claims (serde_json maps cost roughly three times their text).
+fn entry_bytes(jwt: &Jwt) -> u64 {
+    let strings = jwt.iss.as_ref().map_or(0, String::len)
+        + jwt.sub.as_ref().map_or(0, String::len)
+        + jwt.kid.as_ref().map_or(0, String::len)
+        + jwt.aud.iter().map(|a| a.len() + 24).sum::<usize>();
+    let fixed = std::mem::size_of::<Verified>() + std::mem::size_of::<Jwt>() + 64;
+    (fixed + strings + jwt.payload_b64.len() * 4) as u64
+}

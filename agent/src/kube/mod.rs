@@ -1,0 +1,193 @@
+//! Kubernetes mode (`jwtgate agent --kube`) as an input source: reflectors
+//! on RequestAuthentication and AuthorizationPolicy (`security.istio.io`, v1
+//! or v1beta1), this node's Pods (`spec.nodeName` field selector) and
+//! Namespaces, converted into the same inputs local mode produces
+//! (`enroll::Inputs`): one `PolicySet`, one workload snapshot. No sockets,
+//! netns or eBPF here.
+//!
+//! Nothing is published before every watcher completed its first list, so
+//! readiness means "first full sync"; afterwards each change is published
+//! within [`DEBOUNCE`]. While the API server is unreachable the stores, and
+//! so the published state, keep their last contents.
+
+mod crds;
+mod events;
+pub mod pods;
+pub mod policies;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+use tokio::sync::{watch as chan, Notify};
+use tracing::{debug, info};
+
+use crate::cli::AgentArgs;
+use crate::enroll::{Inputs, WorkloadSpec};
+use crate::policy::PolicySet;
+use crds::PolicyKind;
+use events::PolicyEvents;
+use watch::Watched;
+
+/// Changes arriving within this window are applied together.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Connect (lazily: an unreachable API server is retried by the watchers)
+/// and start the watchers and the sync task.
+pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::Result<Inputs> {
+    let node = args
+        .node_name
+        .clone()
+        .context("--kube needs --node-name (or NODE_NAME)")?;
+    // rustls needs one process-wide provider; ours is aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig")?,
+    };
+    info!(cluster = %config.cluster_url, node = %node, "Kubernetes mode");
+    let client = Client::try_from(config).context("cannot build the Kubernetes client")?;
+
+    let changed = Arc::new(Notify::new());
+    let sources = Sources {
+        request_authns: PolicyKind::spawn(
+            client.clone(),
+            "RequestAuthentication",
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        authz_policies: PolicyKind::spawn(
+            client.clone(),
+            "AuthorizationPolicy",
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        pods: watch::spawn(
+            format!("pods on {node}"),
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            (),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        namespaces: watch::spawn(
+            "namespaces".into(),
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+    };
+    let (policies_tx, policies_rx) = chan::channel(Arc::new(PolicySet::default()));
+    let (workloads_tx, workloads_rx) = chan::channel(None);
+    let events = PolicyEvents::new(client, &node);
+    tokio::spawn(sync(
+        sources,
+        changed,
+        policies_tx,
+        workloads_tx,
+        events,
+        shutdown,
+    ));
+    Ok(Inputs {
+        policies: policies_rx,
+        workloads: workloads_rx,
+    })
+}
+
+/// The four watched collections.
+struct Sources {
+    request_authns: PolicyKind,
+    authz_policies: PolicyKind,
+    pods: Watched<Pod>,
+    namespaces: Watched<Namespace>,
+}
+
+impl Sources {
+    fn synced(&self) -> bool {
+        self.request_authns.is_synced()
+            && self.authz_policies.is_synced()
+            && self.pods.is_synced()
+            && self.namespaces.is_synced()
+    }
+
+    fn workloads(&self) -> Vec<WorkloadSpec> {
+        let opted_out: std::collections::HashSet<String> = self
+            .namespaces
+            .store
+            .state()
+            .iter()
+            .filter(|ns| pods::namespace_opted_out(ns))
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect();
+        let mut out: Vec<WorkloadSpec> = Vec::new();
+        for pod in self.pods.store.state() {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            match pods::workload(&pod, opted_out.contains(&ns)) {
+                Ok(wl) => out.push(wl),
+                Err(why) => {
+                    debug!(pod = ?pod.metadata.name, namespace = %ns, ?why, "pod not a candidate")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
+/// Rebuild and publish the inputs after changes; unchanged inputs are not
+/// re-published.
+async fn sync(
+    sources: Sources,
+    changed: Arc<Notify>,
+    policies_tx: chan::Sender<Arc<PolicySet>>,
+    workloads_tx: chan::Sender<Option<Vec<WorkloadSpec>>>,
+    mut events: PolicyEvents,
+    mut shutdown: chan::Receiver<bool>,
+) {
+    let mut last_docs: Option<Vec<(String, String)>> = None;
+    let mut last_workloads: Option<Vec<WorkloadSpec>> = None;
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        if !sources.synced() {
+            continue;
+        }
+        let mut objects = sources.request_authns.objects();
+        objects.extend(sources.authz_policies.objects());
+        let docs = policies::documents(&objects);
+        if last_docs.as_ref() != Some(&docs) {
+            let (set, problems) = policies::parse(&objects, &docs);
+            events.report(&problems);
+            let (ras, aps) = set.counts();
+            info!(
+                request_authentications = ras,
+                authorization_policies = aps,
+                "policies from the API server"
+            );
+            let _ = policies_tx.send(Arc::new(set));
+            last_docs = Some(docs);
+        }
+        let workloads = sources.workloads();
+        if last_workloads.as_ref() != Some(&workloads) {
+            info!(candidates = workloads.len(), "pods on this node");
+            let _ = workloads_tx.send(Some(workloads.clone()));
+            last_workloads = Some(workloads);
+        }
+    }
+}

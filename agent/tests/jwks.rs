@@ -1,0 +1,389 @@
+//! JWKS lifecycle against real local servers (loopback only): http and https
+//! (rustls with a CA made at test time), the rule's timeout, 404, rotation
+//! with the token cache, and the rate-limited re-fetch on an unknown kid.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use jwtgate::authz::JwksLookup;
+use jwtgate::jwt::{verify_token_cached, CacheConfig, JwtError, Keys, TokenCache, TokenLocation};
+use jwtgate::policy::{JwksSource, JwtRule};
+use jwtgate::sources::jwks::{JwksOptions, JwksStore};
+
+const NOW: u64 = 1_700_000_000;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the test server answers.
+#[derive(Clone)]
+enum Answer {
+    Json(String),
+    Status(u16),
+    /// Accept, read the request, never answer.
+    Hang,
+}
+
+/// A one-request-per-connection HTTP(S) server on 127.0.0.1.
+struct Server {
+    port: u16,
+    answer: Arc<Mutex<Answer>>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(answer: Answer, tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = Arc::new(Mutex::new(answer));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, h, tls) = (a.clone(), h.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(tcp).await {
+                                serve(s, &a, &h).await;
+                            }
+                        }
+                        None => serve(tcp, &a, &h).await,
+                    }
+                });
+            }
+        });
+        Server {
+            port,
+            answer,
+            hits,
+            task,
+        }
+    }
+
+    fn uri(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/jwks", self.port)
+    }
+
+    fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    answer: &Mutex<Answer>,
+    hits: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let answer = answer.lock().unwrap().clone();
+    let (status, body) = match answer {
+        Answer::Json(b) => (200, b),
+        Answer::Status(code) => (code, "nope".to_string()),
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// An EC P-256 signing key published as `kid`.
+struct Signer {
+    kid: String,
+    key: EcdsaKeyPair,
+}
+
+impl Signer {
+    fn new(kid: &str) -> Signer {
+        Signer {
+            kid: kid.into(),
+            key: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> String {
+        let p = self.key.public_key().as_ref();
+        format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"{}","x":"{}","y":"{}"}}"#,
+            self.kid,
+            URL_SAFE_NO_PAD.encode(&p[1..33]),
+            URL_SAFE_NO_PAD.encode(&p[33..])
+        )
+    }
+
+    fn token(&self) -> String {
+        let header = format!(r#"{{"alg":"ES256","kid":"{}"}}"#, self.kid);
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(r#"{"iss":"idp","sub":"alice"}"#)
+        );
+        let sig = self
+            .key
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+fn jwks(signers: &[&Signer]) -> String {
+    let keys: Vec<String> = signers.iter().map(|s| s.jwk()).collect();
+    format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+}
+
+fn rule(uri: &str, timeout: Duration) -> Arc<JwtRule> {
+    Arc::new(JwtRule {
+        origin: "ns/ra".into(),
+        issuer: "idp".into(),
+        audiences: vec![],
+        jwks: JwksSource::Uri(uri.into()),
+        locations: TokenLocation::defaults(),
+        output_payload_to_header: None,
+        forward_original_token: false,
+        output_claim_to_headers: vec![],
+        timeout,
+        space_delimited_claims: vec!["scope".into(), "permission".into()],
+    })
+}
+
+/// Verify `token` with the store's current keys for `uri`, through the cache.
+fn verify(store: &JwksStore, uri: &str, token: &str, cache: &TokenCache) -> Result<(), JwtError> {
+    let keys = store.jwks(uri).map_or(Keys::Unavailable, Keys::Set);
+    verify_token_cached(&rule(uri, TIMEOUT), token, &keys, NOW, Some(cache)).map(|_| ())
+}
+
+#[tokio::test]
+async fn jwt_rule_timeout_bounds_the_fetch_and_keeps_the_last_good_set() {
+    let a = Signer::new("a");
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let store = JwksStore::default();
+    let uri = server.uri("http");
+    assert_eq!(store.refresh(&uri, TIMEOUT).await.unwrap(), 1);
+    server.set(Answer::Hang);
+    let started = Instant::now();
+    let err = store
+        .refresh(&uri, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(format!("{err:#}").contains("no answer within"), "{err:#}");
+    assert_eq!(store.jwks(&uri).map(|s| s.len()), Some(1));
+}
+
+#[tokio::test]
+async fn jwks_404_and_bad_documents_keep_the_last_good_set() {
+    let a = Signer::new("a");
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let store = JwksStore::default();
+    let uri = server.uri("http");
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    let generation = store.jwks(&uri).unwrap().generation();
+    for (answer, says) in [
+        (Answer::Status(404), "404"),
+        (Answer::Json("{}".into()), "[keys]"),
+        (Answer::Json(r#"{"keys":[]}"#.into()), "valid public key"),
+    ] {
+        server.set(answer);
+        let err = store.refresh(&uri, TIMEOUT).await.unwrap_err();
+        assert!(format!("{err:#}").contains(says), "{err:#}");
+        assert_eq!(store.jwks(&uri).unwrap().generation(), generation);
+    }
+    // Never fetched: no keys at all (tokens are rejected, §2.7).
+    let store = JwksStore::default();
+    server.set(Answer::Status(404));
+    store.refresh(&uri, TIMEOUT).await.unwrap_err();
+    assert!(!store.contains(&uri));
+}
+
+#[tokio::test]
+async fn rotation_drops_cached_tokens_of_removed_keys() {
+    let (a, b) = (Signer::new("a"), Signer::new("b"));
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let cache = Arc::new(TokenCache::new(CacheConfig::default()));
+    let store = JwksStore::new(JwksOptions::default(), Some(cache.clone())).unwrap();
+    let uri = server.uri("http");
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    let (ta, tb) = (a.token(), b.token());
+    assert_eq!(verify(&store, &uri, &ta, &cache), Ok(()));
+    assert_eq!(cache.len(), 1);
+    // The same document again keeps the set (and the cache entry).
+    let generation = store.jwks(&uri).unwrap().generation();
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    assert_eq!(store.jwks(&uri).unwrap().generation(), generation);
+    assert_eq!(cache.len(), 1);
+    // Rotation: a is gone, b is new.
+    server.set(Answer::Json(jwks(&[&b])));
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    assert_eq!(
+        cache.len(),
+        0,
+        "the token verified by key a must be dropped"
+    );
+    assert_eq!(
+        verify(&store, &uri, &ta, &cache),
+        Err(JwtError::KidAlgMismatch)
+    );
+    assert_eq!(verify(&store, &uri, &tb, &cache), Ok(()));
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_then_is_rate_limited() {
+    let (a, b, c) = (Signer::new("a"), Signer::new("b"), Signer::new("c"));
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let cache = TokenCache::new(CacheConfig::default());
+    let store = JwksStore::new(JwksOptions::default(), None).unwrap();
+    let uri = server.uri("http");
+    let rules = [rule(&uri, TIMEOUT)];
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    assert_eq!(server.hits(), 1);
+
+    // The IdP rotates b in; a token signed by b arrives before the refresh.
+    server.set(Answer::Json(jwks(&[&a, &b])));
+    let tb = b.token();
+    assert_eq!(
+        verify(&store, &uri, &tb, &cache),
+        Err(JwtError::KidAlgMismatch)
+    );
+    assert!(store.refetch_for_rules(&rules).await, "the set changed");
+    assert_eq!(server.hits(), 2);
+    assert_eq!(verify(&store, &uri, &tb, &cache), Ok(()));
+
+    // Made-up kids right after: no second fetch within the interval.
+    server.set(Answer::Json(jwks(&[&a, &b, &c])));
+    assert!(!store.refetch_for_rules(&rules).await);
+    assert_eq!(server.hits(), 2);
+    assert_eq!(
+        verify(&store, &uri, &c.token(), &cache),
+        Err(JwtError::KidAlgMismatch)
+    );
+
+    // Switched off: never fetches.
+    let off = JwksStore::new(
+        JwksOptions {
+            refetch_on_unknown_kid: false,
+            ..JwksOptions::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert!(!off.refetch_for_rules(&rules).await);
+    assert_eq!(server.hits(), 2);
+
+    // An interval of zero lets the next unknown kid through.
+    let eager = JwksStore::new(
+        JwksOptions {
+            refetch_min_interval: Duration::ZERO,
+            ..JwksOptions::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert!(eager.refetch_for_rules(&rules).await);
+    assert_eq!(server.hits(), 3);
+    assert_eq!(verify(&eager, &uri, &c.token(), &cache), Ok(()));
+}
+
+/// A CA and a server certificate for 127.0.0.1, made now.
+fn test_pki() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "jwtgate test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (
+        ca_cert.pem(),
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    )
+}
+
+#[tokio::test]
+async fn https_jwks_uri_needs_a_trusted_ca() {
+    let a = Signer::new("a");
+    let (ca_pem, acceptor) = test_pki();
+    let server = Server::start(Answer::Json(jwks(&[&a])), Some(acceptor)).await;
+    let uri = server.uri("https");
+
+    // System roots only: our test CA is unknown, the handshake fails.
+    let store = JwksStore::new(JwksOptions::default(), None).unwrap();
+    let err = store.refresh(&uri, TIMEOUT).await.unwrap_err();
+    assert!(format!("{err:#}").contains("TLS"), "{err:#}");
+    assert!(!store.contains(&uri));
+
+    // --jwks-ca-file with the test CA: fetched over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let store = JwksStore::new(
+        JwksOptions {
+            ca_file: Some(ca_file),
+            ..JwksOptions::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(store.refresh(&uri, TIMEOUT).await.unwrap(), 1);
+    let cache = TokenCache::new(CacheConfig::default());
+    assert_eq!(verify(&store, &uri, &a.token(), &cache), Ok(()));
+
+    // A CA file that is not PEM fails at start-up, naming the flag.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let err = JwksStore::new(
+        JwksOptions {
+            ca_file: Some(bad),
+            ..JwksOptions::default()
+        },
+        None,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--jwks-ca-file"), "{err:#}");
+}
