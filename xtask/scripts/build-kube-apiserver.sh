@@ -33,12 +33,24 @@ fi
 
 # 1. Source package, through apt with a private deb-src list and state dir.
 if [[ ! -d $TREE ]]; then
-  mkdir -p "$CACHE/apt/lists/partial"
-  cat > "$CACHE/apt/src.list" <<'LIST'
-deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-LIST
+  mkdir -p "$CACHE/apt/lists/partial" "$CACHE/apt/parts"
+  # deb-src entries derived from this machine's own Debian sources, so the
+  # source package comes from the same archive apt already uses here.
+  : > "$CACHE/apt/src.list"
+  rm -f "$CACHE/apt/parts/"*.sources
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $f ]] && grep -q 'debian-archive-keyring' "$f" || continue
+    sed -e 's/^Types:.*/Types: deb-src/' "$f" > "$CACHE/apt/parts/$(basename "$f")"
+  done
+  if [[ -f /etc/apt/sources.list ]]; then
+    sed -n -e 's/^deb \(.*debian.*\)$/deb-src \1/p' /etc/apt/sources.list >> "$CACHE/apt/src.list"
+  fi
+  if [[ ! -s $CACHE/apt/src.list ]] && ! ls "$CACHE/apt/parts/"*.sources >/dev/null 2>&1; then
+    log "no Debian apt source found in /etc/apt to derive a deb-src entry from"
+    exit 1
+  fi
   # Sandbox off: the _apt user cannot write into root's cache directory.
-  A=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$CACHE/apt/src.list" -o Dir::Etc::SourceParts=/dev/null
+  A=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$CACHE/apt/src.list" -o "Dir::Etc::SourceParts=$CACHE/apt/parts"
      -o "Dir::State::Lists=$CACHE/apt/lists" -o "Dir::Cache=$CACHE/apt/cache")
   orig=kubernetes_${SRC_VERSION}.orig.tar.gz
   if [[ ! -f $CACHE/debs/$orig ]]; then
