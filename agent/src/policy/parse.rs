@@ -228,8 +228,17 @@ fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
     })
 }
 
-fn attachment(selector: Option<raw::Selector>, target_ref: bool) -> Result<Attachment, String> {
-    match (selector, target_ref) {
+/// Where a policy attaches. Istio's CEL rule allows only one of `selector`,
+/// `targetRef` and `targetRefs`.
+fn attachment(
+    selector: Option<raw::Selector>,
+    target_ref: bool,
+    target_refs: bool,
+) -> Result<Attachment, String> {
+    if target_ref && target_refs {
+        return Err("spec: only one of targetRef or targetRefs may be set".into());
+    }
+    match (selector, target_ref || target_refs) {
         (Some(_), true) => {
             Err("spec: only one of selector, targetRef or targetRefs may be set".into())
         }
@@ -245,13 +254,7 @@ fn request_authn(
     name: &str,
     s: raw::RequestAuthenticationSpec,
 ) -> Result<RequestAuthn, String> {
-    if s.target_ref.is_some() && s.target_refs.is_some() {
-        return Err("spec: only one of targetRef or targetRefs may be set".into());
-    }
-    let attachment = attachment(
-        s.selector,
-        s.target_ref.is_some() || s.target_refs.is_some(),
-    )?;
+    let attachment = attachment(s.selector, s.target_ref.is_some(), s.target_refs.is_some())?;
     let id = format!("{ns}/{name}");
     let rules = s
         .jwt_rules
@@ -410,13 +413,7 @@ fn authz_policy(
     name: &str,
     s: raw::AuthorizationPolicySpec,
 ) -> Result<((AuthzPolicy, Attachment), Vec<String>), String> {
-    if s.target_ref.is_some() && s.target_refs.is_some() {
-        return Err("spec: only one of targetRef or targetRefs may be set".into());
-    }
-    let attachment = attachment(
-        s.selector,
-        s.target_ref.is_some() || s.target_refs.is_some(),
-    )?;
+    let attachment = attachment(s.selector, s.target_ref.is_some(), s.target_refs.is_some())?;
     let action = match s.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
