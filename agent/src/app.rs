@@ -117,6 +117,7 @@ async fn run_engine(
         jwks_uris_rx,
         Duration::from_secs(args.jwks_refresh_secs),
         jwks_done_tx,
+        inputs.jwks_outcomes.take(),
         shutdown_rx.clone(),
     ));
 
@@ -154,25 +155,18 @@ async fn run_engine(
                 info!(workloads = enroller.enrolled_keys().len(), "ready");
             }
         }
+        let (mut new_policies, mut new_workloads) = (false, false);
         tokio::select! {
             _ = retry.tick(), if enroller.has_pending() => {}
             changed = inputs.policies.changed(), if policies_open => match changed {
-                Ok(()) => {
-                    let policies = inputs.policies.borrow_and_update().clone();
-                    let _ = jwks_uris_tx.send(policies.jwks_uris());
-                    enroller.set_policies(policies);
-                }
+                Ok(()) => new_policies = true,
                 Err(_) => {
                     warn!("policy source ended; keeping the last policies");
                     policies_open = false;
                 }
             },
             changed = inputs.workloads.changed(), if workloads_open => match changed {
-                Ok(()) => {
-                    if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
-                        enroller.set_workloads(wls);
-                    }
-                }
+                Ok(()) => new_workloads = true,
                 Err(_) => {
                     warn!("workload source ended; keeping the last workloads");
                     workloads_open = false;
@@ -181,6 +175,22 @@ async fn run_engine(
             _ = jwks_done_rx.changed() => {}
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        // Take both inputs whenever either moved: a source publishes policies
+        // before the workload snapshot they select from, and reconciling a
+        // snapshot against the previous policies would unsteer — on start,
+        // sweep the pins of — pods that are about to be selected.
+        new_policies |= inputs.policies.has_changed().unwrap_or(false);
+        new_workloads |= inputs.workloads.has_changed().unwrap_or(false);
+        if new_policies {
+            let policies = inputs.policies.borrow_and_update().clone();
+            let _ = jwks_uris_tx.send(policies.jwks_uris());
+            enroller.set_policies(policies);
+        }
+        if new_workloads {
+            if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
+                enroller.set_workloads(wls);
+            }
         }
     }
 

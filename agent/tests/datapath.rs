@@ -449,6 +449,11 @@ fn steer_guard_fail_closed_fail_open() {
     // links and finds the same listener id; the new listener gets steered.
     drop(dp);
     let mut dp = Datapath::open(&bpffs.path()).expect("Datapath::open after restart");
+    assert_eq!(
+        dp.pinned_keys().expect("pinned_keys"),
+        ["test/pod"],
+        "the pins of the earlier agent are listed by key"
+    );
     let verifier3 = listen(&pod, "127.0.0.1:15008");
     let id4 = dp
         .enrol(
@@ -475,6 +480,7 @@ fn steer_guard_fail_closed_fail_open() {
     // Unenrol removes pins and entries: the mesh port goes straight to the app.
     dp.unenrol("test/pod").expect("unenrol");
     assert!(!key_dir.exists(), "pins left behind");
+    assert!(dp.pinned_keys().expect("pinned_keys").is_empty());
     let _c = connect(&client, mesh_addr, short).expect("connect after unenrol");
     assert_eq!(accept(&app_mesh, short), Some(mesh_addr));
     let link = output("ip", &["-n", &pod.name, "-d", "link", "show", "eth0"]);

@@ -387,3 +387,67 @@ async fn https_jwks_uri_needs_a_trusted_ca() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("--jwks-ca-file"), "{err:#}");
 }
+
+#[tokio::test]
+async fn keep_fresh_reports_every_fetch_outcome() {
+    use jwtgate::sources::jwks::{keep_fresh, FetchOutcome};
+    use tokio::sync::{mpsc, watch};
+
+    let a = Signer::new("a");
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let good = server.uri("http");
+    // A loopback port nobody listens on: connection refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/jwks", l.local_addr().unwrap().port())
+    };
+    let store = Arc::new(JwksStore::default());
+    let (_uris_tx, uris_rx) =
+        watch::channel(vec![(good.clone(), TIMEOUT), (closed.clone(), TIMEOUT)]);
+    let (done_tx, _done_rx) = watch::channel(false);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(keep_fresh(
+        store,
+        uris_rx,
+        Duration::from_millis(100),
+        done_tx,
+        Some(out_tx),
+        stop_rx,
+    ));
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<FetchOutcome>) -> FetchOutcome {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an outcome within 5 s")
+            .expect("channel open")
+    }
+    let first: Vec<FetchOutcome> = vec![next(&mut out_rx).await, next(&mut out_rx).await];
+    let (ok, refused) = if first[0].uri == good {
+        (&first[0], &first[1])
+    } else {
+        (&first[1], &first[0])
+    };
+    assert_eq!(ok.error, None);
+    assert_eq!(refused.uri, closed);
+    assert!(!refused.kept_last_good);
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot connect"),
+        "{refused:?}"
+    );
+
+    // The good URI breaks: its failures say the last good set is kept.
+    server.set(Answer::Status(500));
+    loop {
+        let o = next(&mut out_rx).await;
+        if let (true, Some(error)) = (o.uri == good, &o.error) {
+            assert!(o.kept_last_good, "{o:?}");
+            assert!(error.contains("500"), "{error}");
+            break;
+        }
+    }
+    task.abort();
+}

@@ -338,8 +338,12 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Warning Events (events.k8s.io) about the object `name`.
-    pub fn event_notes(&self, namespace: &str, name: &str) -> Result<Vec<String>> {
+    /// Events (events.k8s.io) about the object `name`.
+    pub fn events(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<k8s_openapi::api::events::v1::Event>> {
         let client = self.client()?;
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, namespace);
         let list = self.rt.block_on(events.list(&ListParams::default()))?;
@@ -347,6 +351,14 @@ impl ApiServer {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect())
+    }
+
+    /// `reason: note` of the Events about the object `name`.
+    pub fn event_notes(&self, namespace: &str, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .events(namespace, name)?
+            .into_iter()
             .map(|e| {
                 format!(
                     "{}: {}",

@@ -102,6 +102,75 @@ fn kube_policy_created_changed_deleted() -> Result<()> {
 }
 
 #[test]
+fn kube_unfetchable_jwks_uri_is_reported_as_an_event() -> Result<()> {
+    let Some(mut bed) = KubeBed::build("kube-jwks-event")? else {
+        return Ok(());
+    };
+    let pod = bed.add_pod(web("web"))?;
+    // A loopback port nobody listens on: every fetch is refused.
+    let uri = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://127.0.0.1:{}/jwks", l.local_addr()?.port())
+    };
+    bed.api.apply(&format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: bad-jwks, namespace: {NS}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  jwtRules:\n  - issuer: testing@secure.istio.io\n    jwksUri: {uri}\n"
+    ))?;
+    bed.start_agent()?;
+
+    // Enforced as Istio does without keys: tokens of that issuer get 401,
+    // requests without one pass.
+    let r = bed.get(&pod, "/", Some(&demo_jwt()))?;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(bed.get(&pod, "/", None)?.status, 200);
+
+    let jwks_events = |bed: &KubeBed| -> Result<Vec<_>> {
+        Ok(bed
+            .api
+            .events(NS, "bad-jwks")?
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("JwksFetchFailed"))
+            .collect())
+    };
+    let start = std::time::Instant::now();
+    let events = loop {
+        let events = jwks_events(&bed)?;
+        if !events.is_empty() || start.elapsed() > jwtgate_e2e::kube_bed::CHANGE_TIMEOUT {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let note = events
+        .first()
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        note.contains(&uri) && note.contains("refused") && note.contains("no key set"),
+        "no JwksFetchFailed Event naming {uri} for bad-jwks: {:?}\n{}",
+        bed.api.event_notes(NS, "bad-jwks")?,
+        bed.node.agent_log()
+    );
+    eprintln!("JwksFetchFailed after {:?}: {note}", start.elapsed());
+
+    // The fetch loop keeps retrying (1 s, 2 s, 4 s, …); the Event is not
+    // repeated (a repeat would show as a series on the one Event).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let events = jwks_events(&bed)?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].series.is_none(),
+        "Event repeated: {:?}",
+        events[0]
+    );
+    assert!(
+        bed.node.agent_log().matches("JWKS fetch failed").count() >= 2,
+        "the agent did not retry\n{}",
+        bed.node.agent_log()
+    );
+    Ok(())
+}
+
+#[test]
 fn kube_pod_deleted_or_relabelled_leaves_nothing_behind() -> Result<()> {
     let Some(mut bed) = KubeBed::build("kube-pod")? else {
         return Ok(());

@@ -5,7 +5,7 @@ use crate::jwt::{authenticate, AuthnEdits, Keys, TokenCache};
 use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, WorkloadPolicy};
 
 use super::matcher::{rule_matches, Attributes};
-use super::path::normalize;
+use super::path::normalize_borrowed;
 use super::remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 use super::{Decision, HeaderEdits, JwksLookup, PathNormalization, Request};
 
@@ -22,7 +22,8 @@ pub fn evaluate(
     normalization: PathNormalization,
     cache: Option<&TokenCache>,
 ) -> Decision {
-    let Ok((path, query)) = normalize(&request.path, normalization) else {
+    // Borrowed from the request unless normalization changes the path.
+    let Ok((path, query)) = normalize_borrowed(&request.path, normalization) else {
         return deny(
             400,
             "Bad Request",
@@ -33,7 +34,7 @@ pub fn evaluate(
     let mut attrs = Attributes {
         method: &request.method,
         path: &path,
-        query: query.as_deref(),
+        query,
         host: &request.host,
         headers: &request.headers,
         port: request.destination_port,
@@ -75,12 +76,12 @@ pub fn evaluate(
     } else {
         &policy.jwt_rules[..]
     };
-    let authn = authenticate(rules, &request.headers, query.as_deref(), &keys, now, cache);
+    let authn = authenticate(rules, &request.headers, query, &keys, now, cache);
     let identity = match authn.result {
         Ok(id) => id,
         Err(e) => {
-            let mut realm_path = path.clone();
-            if let Some(q) = &query {
+            let mut realm_path = path.into_owned();
+            if let Some(q) = query {
                 realm_path.push('?');
                 realm_path.push_str(q);
             }
@@ -145,7 +146,7 @@ pub fn evaluate(
         policy: matched,
         audit,
         www_authenticate: None,
-        forward_path: forward_path(&path, query.as_deref(), &authn.edits),
+        forward_path: forward_path(&path, query, &authn.edits),
         headers: HeaderEdits {
             remove: authn.edits.remove_headers,
             add: authn.edits.add_headers,
@@ -206,6 +207,9 @@ fn forward_path(path: &str, query: Option<&str>, edits: &AuthnEdits) -> String {
     let Some(q) = query else {
         return path.to_owned();
     };
+    if edits.remove_params.is_empty() {
+        return join_query(path, q);
+    }
     let kept: Vec<&str> = q
         .split('&')
         .filter(|pair| {
@@ -213,11 +217,18 @@ fn forward_path(path: &str, query: Option<&str>, edits: &AuthnEdits) -> String {
             !edits.remove_params.iter().any(|p| p == key)
         })
         .collect();
-    if edits.remove_params.is_empty() {
-        format!("{path}?{q}")
-    } else if kept.is_empty() {
+    if kept.is_empty() {
         path.to_owned()
     } else {
         format!("{path}?{}", kept.join("&"))
     }
+}
+
+/// `path?query` in one allocation of the right size.
+fn join_query(path: &str, query: &str) -> String {
+    let mut s = String::with_capacity(path.len() + 1 + query.len());
+    s.push_str(path);
+    s.push('?');
+    s.push_str(query);
+    s
 }

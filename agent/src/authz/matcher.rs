@@ -2,6 +2,7 @@
 //! matchers Istio generates so absent attributes behave the same: a positive
 //! field never matches a missing attribute, its `not` form always does.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -96,25 +97,36 @@ fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
 /// The value Envoy's header matcher sees: repeated lines joined with `,`
 /// (§3.4); the pseudo-headers HTTP/1 requests get from the request line and
 /// `Host` (Envoy stores `Host` as `:authority`).
-fn header_value(a: &Attributes, name: &str) -> Option<String> {
+fn header_value<'a>(a: &Attributes<'a>, name: &str) -> Option<Cow<'a, str>> {
     match name {
-        ":authority" | "host" => return Some(a.host.to_owned()),
-        ":method" => return Some(a.method.to_owned()),
+        ":authority" | "host" => return Some(Cow::Borrowed(a.host)),
+        ":method" => return Some(Cow::Borrowed(a.method)),
         ":path" => {
             return Some(match a.query {
-                Some(q) => format!("{}?{q}", a.path),
-                None => a.path.to_owned(),
+                Some(q) => Cow::Owned(format!("{}?{q}", a.path)),
+                None => Cow::Borrowed(a.path),
             })
         }
         _ => {}
     }
-    let values: Vec<&str> = a
+    let mut lines = a
         .headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    (!values.is_empty()).then(|| values.join(","))
+        .map(|(_, v)| v.as_str());
+    let first = lines.next()?;
+    // One line (the usual case) is matched as it is, without a copy.
+    match lines.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            for v in lines {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
 }
 
 /// Envoy metadata string matcher on the JWT payload: only strings match.
@@ -133,20 +145,23 @@ fn claim_match(p: &StringPattern, v: &Value) -> bool {
     }
 }
 
-/// Exact/prefix/suffix, and `*` as regex `.+` (non-empty).
+/// Exact/prefix/suffix, and `*` as regex `.+` (non-empty). `ignore_case`
+/// compares ASCII case-insensitively, in place: no lower-cased copies of the
+/// value or the pattern per comparison.
 fn str_match(p: &StringPattern, v: Option<&str>, ignore_case: bool) -> bool {
     let Some(v) = v else { return false };
-    let lower;
-    let (v, norm): (&str, fn(&str) -> String) = if ignore_case {
-        lower = v.to_ascii_lowercase();
-        (&lower, |s| s.to_ascii_lowercase())
-    } else {
-        (v, |s| s.to_owned())
+    let eq = |a: &[u8], b: &[u8]| {
+        if ignore_case {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
     };
+    let v = v.as_bytes();
     match p {
-        StringPattern::Exact(e) => v == norm(e),
-        StringPattern::Prefix(x) => v.starts_with(&norm(x)),
-        StringPattern::Suffix(x) => v.ends_with(&norm(x)),
+        StringPattern::Exact(e) => eq(v, e.as_bytes()),
+        StringPattern::Prefix(x) => v.len() >= x.len() && eq(&v[..x.len()], x.as_bytes()),
+        StringPattern::Suffix(x) => v.len() >= x.len() && eq(&v[v.len() - x.len()..], x.as_bytes()),
         StringPattern::Present => !v.is_empty(),
     }
 }

@@ -3,6 +3,8 @@
 //! backend must see the same path, otherwise `/a/../admin` or `//admin`
 //! slips past a DENY on `/admin*`.
 
+use std::borrow::Cow;
+
 use super::PathNormalization;
 
 /// Split target into normalized path and the original query (without `?`).
@@ -16,12 +18,41 @@ pub fn normalize(
     target: &str,
     mode: PathNormalization,
 ) -> Result<(String, Option<String>), InvalidPath> {
+    let (path, query) = normalize_borrowed(target, mode)?;
+    Ok((path.into_owned(), query.map(str::to_owned)))
+}
+
+/// `normalize` without copies: the query is borrowed from `target`, and so is
+/// the path when normalization would leave it as it is (the common case).
+pub(crate) fn normalize_borrowed(
+    target: &str,
+    mode: PathNormalization,
+) -> Result<(Cow<'_, str>, Option<&str>), InvalidPath> {
     // The fragment never reaches the server legitimately; Envoy drops it.
     let target = target.split('#').next().unwrap_or("");
     let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
+        Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    if already_normal(path, mode) {
+        return Ok((Cow::Borrowed(path), query));
+    }
+    Ok((Cow::Owned(rewrite(path, mode)?), query))
+}
+
+/// True when `rewrite` would return `path` unchanged: rooted, nothing to
+/// decode (no `%`), no backslash, no `.`/`..` segment, and no `//` unless
+/// the mode keeps them. Each condition is the no-op case of one step of
+/// `rewrite`, so skipping it cannot change a result (`fast_path_agrees`).
+fn already_normal(path: &str, mode: PathNormalization) -> bool {
+    path.starts_with('/')
+        && !path.bytes().any(|b| b == b'%' || b == b'\\')
+        && (mode == PathNormalization::Base || !path.contains("//"))
+        && !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// The normalization steps proper, on the path without query.
+fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
     let decode_slashes = mode == PathNormalization::DecodeAndMergeSlashes;
     // Envoy order: unescape slashes, then canonicalize, then merge slashes.
     let decoded = percent_decode(path, decode_slashes)?;
@@ -35,7 +66,7 @@ pub fn normalize(
     if mode != PathNormalization::Base {
         out = merge_slashes(&out);
     }
-    Ok((out, query))
+    Ok(out)
 }
 
 /// Decode `%XX` of RFC 3986 unreserved characters (and `%2F`/`%5C` when
@@ -186,5 +217,51 @@ mod tests {
         }
         // %00 is refused outright, as Envoy does.
         assert!(normalize("/a%00b", Base).is_err());
+    }
+
+    #[test]
+    fn fast_path_agrees() {
+        // Paths `already_normal` lets through unchanged must be exactly what
+        // the full rewrite gives; the others must really need the rewrite
+        // in at least one mode.
+        let paths = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b",
+            "//a",
+            "/a//b",
+            "/a/",
+            "/.a",
+            "/a./b",
+            "/..a/b.",
+            "/a/...",
+            "/é/ü",
+            "/a b",
+            "/api/v1/orders/42",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/..",
+            "/a\\b",
+            "/a%2e",
+            "a/b",
+            "",
+            "/a?b",
+        ];
+        for path in paths {
+            for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+                let full = rewrite(path, mode);
+                if already_normal(path, mode) {
+                    assert_eq!(full.as_deref(), Ok(path), "{path} {mode:?}");
+                }
+                assert_eq!(
+                    normalize_borrowed(path, mode).map(|(p, _)| p.into_owned()),
+                    rewrite(path.split('?').next().unwrap(), mode),
+                    "{path} {mode:?}"
+                );
+            }
+        }
+        assert!(!already_normal("/a//b", MergeSlashes) && already_normal("/a//b", Base));
     }
 }

@@ -252,19 +252,31 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Directory of a workload's pins. Keys are free-form (`ns/name`), so
-    /// everything but `[A-Za-z0-9-]` is escaped as `_HH` to give a unique,
-    /// path-safe name.
-    fn key_dir(&self, key: &str) -> PathBuf {
-        let mut name = String::with_capacity(key.len());
-        for b in key.bytes() {
-            if b.is_ascii_alphanumeric() || b == b'-' {
-                name.push(b as char);
-            } else {
-                name.push_str(&format!("_{b:02X}"));
+    /// Keys of every workload with pins under `links/`, enrolled by this
+    /// agent or left by an earlier one (pods deleted while no agent ran).
+    /// Directories whose names `escape_key` cannot have produced are not ours
+    /// and are skipped.
+    pub fn pinned_keys(&self) -> Result<Vec<String>> {
+        let links = self.pin_root.join("links");
+        let mut keys = Vec::new();
+        for entry in
+            std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))?
+        {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(key) = entry.file_name().to_str().and_then(unescape_key) {
+                keys.push(key);
             }
         }
-        self.pin_root.join("links").join(name)
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Directory of a workload's pins.
+    fn key_dir(&self, key: &str) -> PathBuf {
+        self.pin_root.join("links").join(escape_key(key))
     }
 
     fn mesh_entries(&self) -> Result<Vec<(MeshKey, MeshVal)>> {
@@ -359,6 +371,39 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Keys are free-form (`ns/name`), so everything but `[A-Za-z0-9-]` is
+/// escaped as `_HH` to give a unique, path-safe directory name.
+fn escape_key(key: &str) -> String {
+    let mut name = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("_{b:02X}"));
+        }
+    }
+    name
+}
+
+/// The key `escape_key` turned into `name`, or `None` when it cannot have
+/// produced it (so the key maps back to this very directory).
+fn unescape_key(name: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(name.len());
+    let mut rest = name.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'_' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    let key = String::from_utf8(bytes).ok()?;
+    (escape_key(&key) == name).then_some(key)
 }
 
 /// Map access without loading programs: for the `jwtgate deny-source` CLI and
@@ -566,6 +611,18 @@ mod tests {
             "10.0.0.2:8080".parse().unwrap(),
         );
         assert_eq!(k.dport.to_ne_bytes(), 8080u16.to_be_bytes());
+    }
+
+    #[test]
+    fn key_dirs_map_back_to_their_keys() {
+        for key in ["foo/web", "a_b/c.d", "ns/ünï", "-/-", ""] {
+            assert_eq!(unescape_key(&escape_key(key)).as_deref(), Some(key));
+        }
+        assert_eq!(escape_key("foo/web"), "foo_2Fweb");
+        // Names escaping cannot produce are not taken for keys.
+        for name in ["tmp.x", "foo_2fweb", "foo_2", "foo_G0", "_66oo", "_FF"] {
+            assert_eq!(unescape_key(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -137,4 +137,12 @@ impl Backend for LiveBackend {
         self.registry.remove_workload(key);
         result
     }
+
+    fn pinned(&mut self) -> anyhow::Result<Vec<String>> {
+        self.datapath()?.pinned_keys()
+    }
+
+    fn remove_pinned(&mut self, key: &str) -> anyhow::Result<()> {
+        self.datapath()?.unenrol(key)
+    }
 }

@@ -76,8 +76,13 @@ impl WorkloadSpec {
 
 /// What a source feeds the engine: the single policy store and the workload
 /// snapshot. Each is replaced whole on change; `workloads` is `None` until
-/// the source has a complete first view (readiness waits for it).
+/// the source has a complete first view (readiness waits for it). A source
+/// that publishes both sends the policies first. `jwks_outcomes`: where the
+/// engine sends the result of every scheduled `jwksUri` fetch, for a source
+/// that reports failures to the policies' owners (Kubernetes Events).
 pub struct Inputs {
     pub policies: tokio::sync::watch::Receiver<std::sync::Arc<crate::policy::PolicySet>>,
     pub workloads: tokio::sync::watch::Receiver<Option<Vec<WorkloadSpec>>>,
+    pub jwks_outcomes:
+        Option<tokio::sync::mpsc::UnboundedSender<crate::sources::jwks::FetchOutcome>>,
 }

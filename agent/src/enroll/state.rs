@@ -26,6 +26,12 @@ pub trait Backend {
     fn update(&mut self, handle: &Self::Handle, policy: Arc<WorkloadPolicy>);
     /// Undo `enrol` completely (map entries, pinned links, listener, proxy).
     fn unenrol(&mut self, key: &str, handle: Self::Handle) -> anyhow::Result<()>;
+    /// Keys of the workloads whose steering is pinned, including what an
+    /// earlier agent left.
+    fn pinned(&mut self) -> anyhow::Result<Vec<String>>;
+    /// Remove the pinned steering (map entries, pinned links) of a workload
+    /// this agent has not enrolled. Idempotent.
+    fn remove_pinned(&mut self, key: &str) -> anyhow::Result<()>;
 }
 
 /// The state machine. See the module docs.
@@ -39,6 +45,8 @@ pub struct Enroller<B: Backend> {
     pending: BTreeMap<String, String>,
     /// Enrolled workloads need their policy recomputed.
     policies_changed: bool,
+    /// Pins left by an earlier agent were compared with the first snapshot.
+    swept: bool,
 }
 
 /// What one `reconcile` did (for logs and tests).
@@ -58,6 +66,7 @@ impl<B: Backend> Enroller<B> {
             enrolled: BTreeMap::new(),
             pending: BTreeMap::new(),
             policies_changed: false,
+            swept: false,
         }
     }
 
@@ -117,6 +126,13 @@ impl<B: Backend> Enroller<B> {
             }
         }
 
+        if !self.swept {
+            let enrolled = &self.enrolled;
+            self.swept = sweep(backend, |key| {
+                wanted.contains_key(key) || enrolled.contains_key(key)
+            });
+        }
+
         // Unenrol first: a changed workload is unenrolled, then enrolled anew
         // (new netns, ips or ports), so its old entries never linger.
         let stale: Vec<String> = self
@@ -134,7 +150,20 @@ impl<B: Backend> Enroller<B> {
                 progress.unenrolled.push(key);
             }
         }
-        self.pending.retain(|key, _| wanted.contains_key(key));
+        // A workload that stops being wanted before it was ever enrolled may
+        // still have steering pinned by an earlier agent.
+        let dropped: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in dropped {
+            self.pending.remove(&key);
+            if let Err(err) = backend.remove_pinned(&key) {
+                warn!(wl = %key, "cannot remove pinned steering: {err:#}");
+            }
+        }
 
         for (key, (spec, policy)) in wanted {
             if let Some((_, handle)) = self.enrolled.get(&key) {
@@ -177,6 +206,32 @@ impl<B: Backend> Enroller<B> {
     pub fn handles(&self) -> impl Iterator<Item = &B::Handle> {
         self.enrolled.values().map(|(_, h)| h)
     }
+}
+
+/// After the first snapshot: remove the pinned steering of every workload
+/// that is not wanted — pods deleted or relabelled, or workloads dropped from
+/// the file, while no agent ran. Their ports would otherwise stay steered to
+/// no listener (refused) for good. Wanted ones keep their pins: `enrol`
+/// re-adopts them without a gap (and enrolled ones are `unenrol`'s business).
+/// False when the pins could not be listed, so the next `reconcile` tries
+/// again.
+fn sweep<B: Backend>(backend: &mut B, keep: impl Fn(&str) -> bool) -> bool {
+    let pinned = match backend.pinned() {
+        Ok(keys) => keys,
+        Err(err) => {
+            warn!("cannot list pinned workloads: {err:#}");
+            return false;
+        }
+    };
+    for key in pinned.iter().filter(|key| !keep(key)) {
+        match backend.remove_pinned(key) {
+            Ok(()) => info!(wl = %key, "removed steering left by an earlier agent"),
+            Err(err) => {
+                warn!(wl = %key, "cannot remove steering left by an earlier agent: {err:#}")
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]

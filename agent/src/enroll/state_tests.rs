@@ -1,19 +1,25 @@
 //! The state machine against a fake backend: no root, no kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::*;
 use crate::enroll::NetnsRef;
 
-/// Records calls; `fail` makes enrolments of those keys fail.
+/// Records calls; `fail` makes enrolments of those keys fail. `pins` is
+/// what the fake bpffs holds: enrolment pins, unenrolment unpins, and a test
+/// may start with pins "left by an earlier agent".
 #[derive(Default)]
 struct Fake {
     live: BTreeMap<String, usize>,
     log: Vec<String>,
     fail: Vec<String>,
     next: usize,
+    pins: BTreeSet<String>,
+    /// `pinned()` fails while set (bpffs unreadable).
+    pins_unreadable: bool,
+    listed: usize,
 }
 
 impl Backend for Fake {
@@ -24,6 +30,7 @@ impl Backend for Fake {
         }
         self.next += 1;
         self.live.insert(spec.key.clone(), self.next);
+        self.pins.insert(spec.key.clone());
         self.log.push(format!(
             "enrol {} {:?} authz={}",
             spec.key,
@@ -42,7 +49,25 @@ impl Backend for Fake {
             Some(handle),
             "unenrol of a live handle"
         );
+        self.pins.remove(key);
         self.log.push(format!("unenrol {key}"));
+        Ok(())
+    }
+    fn pinned(&mut self) -> anyhow::Result<Vec<String>> {
+        if self.pins_unreadable {
+            anyhow::bail!("bpffs unreadable");
+        }
+        self.listed += 1;
+        Ok(self.pins.iter().cloned().collect())
+    }
+    fn remove_pinned(&mut self, key: &str) -> anyhow::Result<()> {
+        assert!(
+            !self.live.contains_key(key),
+            "remove_pinned of an enrolled workload"
+        );
+        if self.pins.remove(key) {
+            self.log.push(format!("remove pins {key}"));
+        }
         Ok(())
     }
 }
@@ -190,4 +215,88 @@ fn listed_workloads_are_enrolled_without_policy() {
     assert_eq!(drain(&mut fake), ["enrol foo/a [9080] authz=0"]);
     e.clear(&mut fake);
     assert!(fake.live.is_empty());
+}
+
+#[test]
+fn pins_left_by_an_earlier_agent_are_removed_unless_wanted() {
+    let mut e = Enroller::<Fake>::new("istio-system");
+    // Before the restart: a and b selected, c a listed workload; then b's
+    // pod was deleted, c dropped from the file and d relabelled out of the
+    // selector while no agent ran.
+    let mut fake = Fake {
+        pins: ["foo/a", "foo/b", "foo/c", "foo/d"]
+            .map(String::from)
+            .into(),
+        ..Fake::default()
+    };
+    e.set_policies(deny_policy("a"));
+    e.reconcile(&mut fake);
+    assert!(
+        drain(&mut fake).is_empty() && fake.listed == 0,
+        "nothing is swept before the first snapshot"
+    );
+
+    e.set_workloads(vec![
+        pod("a", "a", "10.0.0.2"),
+        pod("d", "other", "10.0.0.5"),
+    ]);
+    e.reconcile(&mut fake);
+    assert_eq!(
+        drain(&mut fake),
+        [
+            "remove pins foo/b",
+            "remove pins foo/c",
+            "remove pins foo/d",
+            "enrol foo/a [9080] authz=1"
+        ],
+        "the wanted workload keeps its pins and is re-adopted"
+    );
+    assert_eq!(fake.pins, BTreeSet::from(["foo/a".to_string()]));
+
+    // Only once: later snapshots are handled by unenrol.
+    e.set_workloads(vec![]);
+    e.reconcile(&mut fake);
+    assert_eq!(drain(&mut fake), ["unenrol foo/a"]);
+    assert_eq!(fake.listed, 1);
+    assert!(fake.pins.is_empty());
+}
+
+#[test]
+fn pins_of_a_pending_workload_go_when_it_stops_being_wanted() {
+    let mut e = Enroller::<Fake>::new("istio-system");
+    let mut fake = Fake {
+        pins: BTreeSet::from(["foo/a".to_string()]),
+        fail: vec!["foo/a".into()],
+        ..Fake::default()
+    };
+    e.set_policies(deny_policy("a"));
+    e.set_workloads(vec![pod("a", "a", "10.0.0.2")]);
+    e.reconcile(&mut fake);
+    assert!(
+        drain(&mut fake).is_empty(),
+        "wanted: its pins stay (fail-closed)"
+    );
+    assert!(fake.pins.contains("foo/a"));
+
+    // Deleted before its netns was ever found: nothing may stay pinned.
+    e.set_workloads(vec![]);
+    e.reconcile(&mut fake);
+    assert_eq!(drain(&mut fake), ["remove pins foo/a"]);
+    assert!(e.is_ready());
+}
+
+#[test]
+fn an_unreadable_pin_root_is_swept_on_a_later_reconcile() {
+    let mut e = Enroller::<Fake>::new("istio-system");
+    let mut fake = Fake {
+        pins: BTreeSet::from(["foo/gone".to_string()]),
+        pins_unreadable: true,
+        ..Fake::default()
+    };
+    e.set_workloads(vec![]);
+    e.reconcile(&mut fake);
+    assert!(drain(&mut fake).is_empty());
+    fake.pins_unreadable = false;
+    e.reconcile(&mut fake);
+    assert_eq!(drain(&mut fake), ["remove pins foo/gone"]);
 }

@@ -7,8 +7,17 @@
 //! that asks (`authn::check_claims`), so the rule of one workload never
 //! leaks into another's decision. Pure: the clock is an argument.
 //!
-//! - Key: SHA-256 of the token (a cryptographic digest: two tokens cannot
-//!   collide into one entry, and the table holds 32 bytes per key).
+//! - Key: the token itself (`Box<str>`), which the issue allows besides a
+//!   SHA-256 digest. The table's hash (ahash, seeded at random per process)
+//!   only chooses the shard and the bucket; an entry is used only when its
+//!   stored token equals the presented one, compared in full. Two different
+//!   tokens therefore can never share an entry: a hash collision costs one
+//!   more comparison, never a wrong hit. A digest key gives that guarantee
+//!   only as far as SHA-256 resists collisions, so this is at least as
+//!   safe, and the hit path is spared the digest (≈ 0.6 µs for a 1 KB
+//!   token; hashing with ahash is several times cheaper). The whole token
+//!   is hashed, so no part an attacker chooses escapes the random seed
+//!   (flooding one bucket). The key's bytes count in the entry's weight.
 //! - Positive entry: the parsed token, the generation of the key set that
 //!   verified it and that key's thumbprint. A hit needs the rule's current
 //!   key set to be that generation or to still hold the thumbprint; a key
@@ -18,7 +27,10 @@
 //!   max_entries)`, so a weight capacity of `max_bytes` caps both at once.
 //! - Negative entries for tokens whose signature check failed, for
 //!   `negative_ttl_secs`, valid only against the same key-set generation (a
-//!   refreshed set gets a fresh verdict).
+//!   refreshed set gets a fresh verdict). Same key as the positive table, so
+//!   a success removes exactly the failure it replaces; bounded by count
+//!   (`negative_max_entries`), each entry holding its token and parsed
+//!   payload.
 //!
 //! quick_cache provides the sharded, weighted S3-FIFO table: reads take a
 //! shard read lock only, and S3-FIFO keeps a flood of one-off tokens from
@@ -27,7 +39,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aws_lc_rs::digest;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, Weighter};
 
@@ -36,8 +47,10 @@ use super::jwks::Thumbprint;
 use super::token::{Alg, Jwt};
 use super::JwkSet;
 
-/// SHA-256 of a token.
-pub type TokenDigest = [u8; 32];
+/// A table key: the whole token. Looked up by `&str` (`Box<str>: Borrow<str>`,
+/// so quick_cache's `Equivalent` compares the full text), which needs no
+/// copy of the token on the hit path.
+type TokenKey = Box<str>;
 
 /// Sizes and lifetimes; the agent's flags (`cli/jwt.rs`) fill it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,16 +136,17 @@ struct Failed {
     expires_at: u64,
 }
 
-/// Weight = estimated bytes, but never below `floor`, so that the weight
-/// capacity also bounds the number of entries.
+/// Weight = estimated bytes of the value plus the token held as key, but
+/// never below `floor`, so that the weight capacity also bounds the number
+/// of entries.
 #[derive(Clone)]
 struct ByteWeighter {
     floor: u64,
 }
 
-impl Weighter<TokenDigest, Arc<Verified>> for ByteWeighter {
-    fn weight(&self, _: &TokenDigest, v: &Arc<Verified>) -> u64 {
-        v.bytes.max(self.floor)
+impl Weighter<TokenKey, Arc<Verified>> for ByteWeighter {
+    fn weight(&self, token: &TokenKey, v: &Arc<Verified>) -> u64 {
+        (token.len() as u64 + v.bytes).max(self.floor)
     }
 }
 
@@ -148,7 +162,7 @@ impl<K, V> Lifecycle<K, V> for CountEvictions {
     }
 }
 
-type Table<V, W> = Cache<TokenDigest, Arc<V>, W, DefaultHashBuilder, CountEvictions>;
+type Table<V, W> = Cache<TokenKey, Arc<V>, W, DefaultHashBuilder, CountEvictions>;
 
 pub struct TokenCache {
     config: CacheConfig,
@@ -222,7 +236,7 @@ impl TokenCache {
         self.len() == 0
     }
 
-    /// Estimated bytes held by verified tokens.
+    /// Estimated bytes held by verified tokens (the tokens included).
     pub fn bytes(&self) -> u64 {
         self.positive.as_ref().map_or(0, Cache::weight)
     }
@@ -231,17 +245,11 @@ impl TokenCache {
         self.negative.as_ref().map_or(0, Cache::len)
     }
 
-    pub fn digest(token: &str) -> TokenDigest {
-        let mut out = [0; 32];
-        out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
-        out
-    }
-
-    /// What is known about the token `digest` when checked against `keys` at
-    /// `now` (UNIX seconds). Counts a hit, a negative hit or a miss.
-    pub(crate) fn lookup(&self, digest: &TokenDigest, keys: &JwkSet, now: u64) -> Lookup {
+    /// What is known about `token` when checked against `keys` at `now`
+    /// (UNIX seconds). Counts a hit, a negative hit or a miss.
+    pub(crate) fn lookup(&self, token: &str, keys: &JwkSet, now: u64) -> Lookup {
         if let Some(positive) = &self.positive {
-            if let Some(e) = positive.get(digest) {
+            if let Some(e) = positive.get(token) {
                 let key_still_served =
                     e.generation == keys.generation() || keys.contains_key(&e.key);
                 if now < e.expires_at && key_still_served {
@@ -251,13 +259,13 @@ impl TokenCache {
                 // Another rule's set without that key must not drop an entry
                 // that is still good for the set that verified it.
                 if now >= e.expires_at {
-                    positive.remove(digest);
+                    positive.remove(token);
                     self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if let Some(negative) = &self.negative {
-            if let Some(e) = negative.get(digest) {
+            if let Some(e) = negative.get(token) {
                 if now < e.expires_at && e.generation == keys.generation() {
                     self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
                     return Lookup::Failed(e.jwt.clone(), e.error);
@@ -268,10 +276,11 @@ impl TokenCache {
         Lookup::Miss
     }
 
-    /// Remember that the key `keys.keys()[key_index]` verified `jwt`.
+    /// Remember that the key `keys.keys()[key_index]` verified `token`
+    /// (parsed: `jwt`).
     pub(crate) fn insert_verified(
         &self,
-        digest: TokenDigest,
+        token: &str,
         jwt: Arc<Jwt>,
         keys: &JwkSet,
         key_index: usize,
@@ -292,11 +301,11 @@ impl TokenCache {
             return;
         }
         if let Some(negative) = &self.negative {
-            negative.remove(&digest);
+            negative.remove(token);
         }
         let bytes = entry_bytes(&jwt);
         positive.insert(
-            digest,
+            token.into(),
             Arc::new(Verified {
                 jwt,
                 generation: keys.generation(),
@@ -307,10 +316,11 @@ impl TokenCache {
         );
     }
 
-    /// Remember that `jwt` failed the signature check against `keys`.
+    /// Remember that `token` (parsed: `jwt`) failed the signature check
+    /// against `keys`.
     pub(crate) fn insert_failed(
         &self,
-        digest: TokenDigest,
+        token: &str,
         jwt: Arc<Jwt>,
         keys: &JwkSet,
         error: JwtError,
@@ -318,7 +328,7 @@ impl TokenCache {
     ) {
         if let Some(negative) = &self.negative {
             negative.insert(
-                digest,
+                token.into(),
                 Arc::new(Failed {
                     jwt,
                     generation: keys.generation(),
@@ -356,8 +366,9 @@ impl TokenCache {
     }
 }
 
-/// Estimated heap bytes of one entry: the struct, the payload text, and the
-/// parsed claims (serde_json maps cost roughly three times their text).
+/// Estimated heap bytes of one entry's value: the struct, the payload text,
+/// and the parsed claims (serde_json maps cost roughly three times their
+/// text). The token kept as key is added by `ByteWeighter`.
 fn entry_bytes(jwt: &Jwt) -> u64 {
     let strings = jwt.iss.as_ref().map_or(0, String::len)
         + jwt.sub.as_ref().map_or(0, String::len)

@@ -1,6 +1,8 @@
 //! Where tokens are taken from (`reference/istio-semantics.md` §2.3, Envoy
 //! `extractor.cc`).
 
+use std::borrow::Cow;
+
 /// One configured token location of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLocation {
@@ -43,6 +45,31 @@ pub fn extract(
     headers: &[(String, String)],
     query: Option<&str>,
 ) -> Vec<FoundToken> {
+    extract_borrowed(locations, headers, query)
+        .into_iter()
+        .map(|f| FoundToken {
+            token: f.token.into_owned(),
+            location: f.location.clone(),
+        })
+        .collect()
+}
+
+/// A token as `extract` finds it, borrowing from the request and the rule:
+/// the per-request path (`authn`) needs neither a copy of the ~1 KB token
+/// nor of the location's strings.
+#[derive(Debug)]
+pub(crate) struct Found<'a> {
+    /// Borrowed unless URL-decoding a query parameter changed it.
+    pub token: Cow<'a, str>,
+    pub location: &'a TokenLocation,
+}
+
+/// `extract`, without copies.
+pub(crate) fn extract_borrowed<'a>(
+    locations: &'a [TokenLocation],
+    headers: &'a [(String, String)],
+    query: Option<&'a str>,
+) -> Vec<Found<'a>> {
     let mut found = Vec::new();
     for loc in locations {
         match loc {
@@ -52,20 +79,25 @@ pub fn extract(
                         continue;
                     }
                     if let Some(token) = from_header_value(trim_ows(v), prefix) {
-                        found.push(FoundToken {
-                            token,
-                            location: loc.clone(),
+                        found.push(Found {
+                            token: Cow::Borrowed(token),
+                            location: loc,
                         });
                     }
                 }
             }
             TokenLocation::Param(name) => {
-                let value =
-                    query.and_then(|q| query_pairs(q).find(|(k, _)| k == name).map(|(_, v)| v));
+                // Only the value of the first pair whose (decoded) key
+                // matches is decoded.
+                let value = query.and_then(|q| {
+                    raw_pairs(q)
+                        .find(|(k, _)| url_decode(k) == name.as_str())
+                        .map(|(_, v)| url_decode(v))
+                });
                 if let Some(token) = value.filter(|v| !v.is_empty()) {
-                    found.push(FoundToken {
+                    found.push(Found {
                         token,
-                        location: loc.clone(),
+                        location: loc,
                     });
                 }
             }
@@ -76,11 +108,11 @@ pub fn extract(
                     .flat_map(|(_, v)| v.split(';'))
                     .filter_map(|c| c.trim().split_once('='))
                     .find(|(k, _)| k == name)
-                    .map(|(_, v)| unquote(v.trim()).to_owned());
+                    .map(|(_, v)| unquote(v.trim()));
                 if let Some(token) = value.filter(|v| !v.is_empty()) {
-                    found.push(FoundToken {
-                        token,
-                        location: loc.clone(),
+                    found.push(Found {
+                        token: Cow::Borrowed(token),
+                        location: loc,
                     });
                 }
             }
@@ -98,17 +130,17 @@ fn trim_ows(v: &str) -> &str {
 /// Envoy ≥ 1.29 (`token_passed_entirely`): the prefix is found anywhere
 /// (case-sensitive), the token starts at the next base64url-or-dot character
 /// and runs to the end of the value, trailing junk included.
-fn from_header_value(value: &str, prefix: &str) -> Option<String> {
+fn from_header_value<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
     if prefix.is_empty() {
-        return Some(value.to_owned()).filter(|v| !v.is_empty());
+        return Some(value).filter(|v| !v.is_empty());
     }
     let after = value.find(prefix)? + prefix.len();
     match value.as_bytes()[after..]
         .iter()
         .position(|b| B64URL_OR_DOT.contains(b))
     {
-        Some(start) => Some(value[after + start..].to_owned()),
-        None => Some(value.to_owned()),
+        Some(start) => Some(&value[after + start..]),
+        None => Some(value),
     }
 }
 
@@ -118,15 +150,20 @@ fn unquote(v: &str) -> &str {
         .unwrap_or(v)
 }
 
-/// `key=value` pairs of a query string, URL-decoded.
-pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        (url_decode(k), url_decode(v))
-    })
+/// `key=value` pairs of a query string, as written (not decoded).
+fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
-fn url_decode(s: &str) -> String {
+/// `+` and `%XX` decoding; text without either is returned as is (the
+/// decoder would copy it unchanged: it is valid UTF-8 already).
+fn url_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|c| c == b'+' || c == b'%') {
+        return Cow::Borrowed(s);
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -144,7 +181,7 @@ fn url_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 pub(crate) fn hex(c: u8) -> Option<u8> {

@@ -1,19 +1,22 @@
 //! Kubernetes Events on policies that cannot be enforced (invalid fields,
-//! CUSTOM without ext_authz, …), so `kubectl describe` shows why. Each
-//! problem is reported once while it lasts; a fixed and re-broken policy is
-//! reported again.
+//! CUSTOM without ext_authz, a `jwksUri` that cannot be fetched, …), so
+//! `kubectl describe` shows why. Each problem is reported once while it
+//! lasts; a fixed and re-broken policy is reported again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use tracing::{debug, warn};
 
 use super::policies::Problem;
+use crate::sources::jwks::FetchOutcome;
 
 pub struct PolicyEvents {
     recorder: Recorder,
     reported: HashSet<(Option<String>, String)>,
+    jwks: JwksFailures,
 }
 
 impl PolicyEvents {
@@ -25,6 +28,7 @@ impl PolicyEvents {
         PolicyEvents {
             recorder: Recorder::new(client, reporter),
             reported: HashSet::new(),
+            jwks: JwksFailures::default(),
         }
     }
 
@@ -39,13 +43,7 @@ impl PolicyEvents {
             if self.reported.contains(&key) {
                 continue;
             }
-            let name = format!(
-                "{} {}/{}",
-                p.object.kind.as_deref().unwrap_or_default(),
-                p.object.namespace.as_deref().unwrap_or_default(),
-                p.object.name.as_deref().unwrap_or_default()
-            );
-            warn!(policy = %name, invalid = p.invalid, "policy cannot be enforced as written: {}", p.message);
+            warn!(policy = %describe(&p.object), invalid = p.invalid, "policy cannot be enforced as written: {}", p.message);
             let event = Event {
                 type_: EventType::Warning,
                 reason: if p.invalid {
@@ -58,19 +56,140 @@ impl PolicyEvents {
                 action: if p.invalid { "Ignored" } else { "FailSafe" }.into(),
                 secondary: None,
             };
-            let recorder = self.recorder.clone();
-            let reference = p.object.clone();
-            // Off the sync path: a slow or refusing API server must not
-            // delay enforcement.
-            tokio::spawn(async move {
-                match recorder.publish(&event, &reference).await {
-                    Ok(()) => debug!(policy = %name, "event published"),
-                    Err(err) => warn!(policy = %name, "cannot publish event: {err}"),
-                }
-            });
+            self.publish(event, &p.object);
         }
         self.reported = current;
     }
+
+    /// The RequestAuthentications per `jwksUri` changed (policies reparsed).
+    pub fn jwks_users(&mut self, users: BTreeMap<String, Vec<ObjectReference>>) {
+        let due = self.jwks.set_users(users);
+        self.publish_jwks(due);
+    }
+
+    /// One result of the JWKS fetch loop.
+    pub fn jwks_outcome(&mut self, outcome: FetchOutcome) {
+        let due = self.jwks.outcome(outcome);
+        self.publish_jwks(due);
+    }
+
+    fn publish_jwks(&self, due: Vec<(ObjectReference, String)>) {
+        for (object, note) in due {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: JWKS_FETCH_FAILED.into(),
+                note: Some(truncate(&note, 1000)),
+                action: "FetchJwks".into(),
+                secondary: None,
+            };
+            self.publish(event, &object);
+        }
+    }
+
+    /// Off the sync path: a slow or refusing API server must not delay
+    /// enforcement.
+    fn publish(&self, event: Event, reference: &ObjectReference) {
+        let recorder = self.recorder.clone();
+        let reference = reference.clone();
+        let name = describe(&reference);
+        tokio::spawn(async move {
+            match recorder.publish(&event, &reference).await {
+                Ok(()) => debug!(policy = %name, reason = %event.reason, "event published"),
+                Err(err) => warn!(policy = %name, "cannot publish event: {err}"),
+            }
+        });
+    }
+}
+
+const JWKS_FETCH_FAILED: &str = "JwksFetchFailed";
+
+/// Which RequestAuthentications still have to hear that a `jwksUri` fails.
+/// A URI is told about once per failure streak — not at every retry of the
+/// fetch loop (every second at first) — and again when it fails after a
+/// success. A RequestAuthentication that starts naming a URI in the middle of
+/// a streak is told at once.
+#[derive(Debug, Default)]
+struct JwksFailures {
+    /// URI → the RequestAuthentications whose rules name it.
+    users: BTreeMap<String, Vec<ObjectReference>>,
+    /// URI → the latest failure of its current streak.
+    failing: BTreeMap<String, FetchOutcome>,
+    /// `(URI, object)` told about the current streak.
+    told: HashSet<(String, String)>,
+}
+
+impl JwksFailures {
+    /// Returns the Events now due (object, note).
+    fn set_users(
+        &mut self,
+        users: BTreeMap<String, Vec<ObjectReference>>,
+    ) -> Vec<(ObjectReference, String)> {
+        // A URI no policy names is no longer fetched; named again, it is
+        // fetched at once and starts a new streak.
+        self.failing.retain(|uri, _| users.contains_key(uri));
+        let named: HashSet<(String, String)> = users
+            .iter()
+            .flat_map(|(uri, objects)| objects.iter().map(|o| (uri.clone(), object_key(o))))
+            .collect();
+        self.told.retain(|k| named.contains(k));
+        self.users = users;
+        self.due()
+    }
+
+    fn outcome(&mut self, outcome: FetchOutcome) -> Vec<(ObjectReference, String)> {
+        if outcome.error.is_none() {
+            self.failing.remove(&outcome.uri);
+            self.told.retain(|(uri, _)| *uri != outcome.uri);
+            return Vec::new();
+        }
+        // Results for a URI the policies dropped meanwhile are stale.
+        if self.users.contains_key(&outcome.uri) {
+            self.failing.insert(outcome.uri.clone(), outcome);
+        }
+        self.due()
+    }
+
+    fn due(&mut self) -> Vec<(ObjectReference, String)> {
+        let mut out = Vec::new();
+        for (uri, failure) in &self.failing {
+            for object in self.users.get(uri).into_iter().flatten() {
+                if self.told.insert((uri.clone(), object_key(object))) {
+                    out.push((object.clone(), jwks_note(failure)));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn jwks_note(failure: &FetchOutcome) -> String {
+    let uri = &failure.uri;
+    let error = failure.error.as_deref().unwrap_or_default();
+    // Fetch errors start with the URI already.
+    let error = error
+        .strip_prefix(uri.as_str())
+        .and_then(|e| e.strip_prefix(": "))
+        .unwrap_or(error);
+    let consequence = if failure.kept_last_good {
+        "the last good key set stays in use"
+    } else {
+        "no key set was ever fetched, so tokens of this issuer are rejected (401) until it answers"
+    };
+    format!("jwksUri {uri} cannot be fetched: {error}; {consequence}")
+}
+
+/// Identity of an object across updates (uid; namespace/name without one).
+fn object_key(o: &ObjectReference) -> String {
+    o.uid.clone().unwrap_or_else(|| describe(o))
+}
+
+fn describe(o: &ObjectReference) -> String {
+    format!(
+        "{} {}/{}",
+        o.kind.as_deref().unwrap_or_default(),
+        o.namespace.as_deref().unwrap_or_default(),
+        o.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -82,4 +201,91 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URI: &str = "http://127.0.0.1:1/jwks";
+
+    fn ra(name: &str) -> ObjectReference {
+        ObjectReference {
+            kind: Some("RequestAuthentication".into()),
+            namespace: Some("foo".into()),
+            name: Some(name.into()),
+            uid: Some(format!("uid-{name}")),
+            ..ObjectReference::default()
+        }
+    }
+
+    fn users(names: &[&str]) -> BTreeMap<String, Vec<ObjectReference>> {
+        BTreeMap::from([(URI.to_string(), names.iter().map(|n| ra(n)).collect())])
+    }
+
+    fn failed(kept: bool) -> FetchOutcome {
+        FetchOutcome {
+            uri: URI.into(),
+            error: Some(format!("{URI}: cannot connect: Connection refused")),
+            kept_last_good: kept,
+        }
+    }
+
+    fn ok() -> FetchOutcome {
+        FetchOutcome {
+            uri: URI.into(),
+            error: None,
+            kept_last_good: true,
+        }
+    }
+
+    fn names(due: &[(ObjectReference, String)]) -> Vec<&str> {
+        due.iter()
+            .map(|(o, _)| o.name.as_deref().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn once_per_failure_streak_for_every_user_of_the_uri() {
+        let mut f = JwksFailures::default();
+        assert!(f.set_users(users(&["a", "b"])).is_empty());
+        let due = f.outcome(failed(false));
+        assert_eq!(names(&due), ["a", "b"]);
+        assert_eq!(
+            due[0].1,
+            "jwksUri http://127.0.0.1:1/jwks cannot be fetched: cannot connect: Connection refused; \
+             no key set was ever fetched, so tokens of this issuer are rejected (401) until it answers"
+        );
+        // Retries of the same streak are quiet.
+        assert!(f.outcome(failed(false)).is_empty());
+        assert!(f.set_users(users(&["a", "b"])).is_empty());
+
+        // Recovery, then a new failure: told again, now with the kept set.
+        assert!(f.outcome(ok()).is_empty());
+        let due = f.outcome(failed(true));
+        assert_eq!(names(&due), ["a", "b"]);
+        assert!(
+            due[0].1.ends_with("the last good key set stays in use"),
+            "{}",
+            due[0].1
+        );
+    }
+
+    #[test]
+    fn a_policy_naming_a_failing_uri_is_told_at_once() {
+        let mut f = JwksFailures::default();
+        f.set_users(users(&["a"]));
+        assert_eq!(names(&f.outcome(failed(false))), ["a"]);
+        assert_eq!(names(&f.set_users(users(&["a", "c"]))), ["c"]);
+
+        // Dropped and named again: a new fetch, a new streak.
+        assert!(f.set_users(BTreeMap::new()).is_empty());
+        assert!(f.set_users(users(&["a"])).is_empty(), "not fetched yet");
+        assert_eq!(names(&f.outcome(failed(false))), ["a"]);
+
+        // A late result for a URI no policy names any more is ignored.
+        f.set_users(BTreeMap::new());
+        assert!(f.outcome(failed(false)).is_empty());
+        assert!(f.failing.is_empty());
+    }
 }

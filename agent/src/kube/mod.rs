@@ -24,12 +24,13 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
-use tokio::sync::{watch as chan, Notify};
+use tokio::sync::{mpsc, watch as chan, Notify};
 use tracing::{debug, info};
 
 use crate::cli::AgentArgs;
 use crate::enroll::{Inputs, WorkloadSpec};
 use crate::policy::PolicySet;
+use crate::sources::jwks::FetchOutcome;
 use crds::PolicyKind;
 use events::PolicyEvents;
 use watch::Watched;
@@ -92,6 +93,7 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
     };
     let (policies_tx, policies_rx) = chan::channel(Arc::new(PolicySet::default()));
     let (workloads_tx, workloads_rx) = chan::channel(None);
+    let (jwks_tx, jwks_rx) = mpsc::unbounded_channel();
     let events = PolicyEvents::new(client, &node);
     tokio::spawn(sync(
         sources,
@@ -99,11 +101,13 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
         policies_tx,
         workloads_tx,
         events,
+        jwks_rx,
         shutdown,
     ));
     Ok(Inputs {
         policies: policies_rx,
         workloads: workloads_rx,
+        jwks_outcomes: Some(jwks_tx),
     })
 }
 
@@ -148,13 +152,15 @@ impl Sources {
 }
 
 /// Rebuild and publish the inputs after changes; unchanged inputs are not
-/// re-published.
+/// re-published. JWKS fetch results become Events on the
+/// RequestAuthentications that name the URI.
 async fn sync(
     sources: Sources,
     changed: Arc<Notify>,
     policies_tx: chan::Sender<Arc<PolicySet>>,
     workloads_tx: chan::Sender<Option<Vec<WorkloadSpec>>>,
     mut events: PolicyEvents,
+    mut jwks_outcomes: mpsc::UnboundedReceiver<FetchOutcome>,
     mut shutdown: chan::Receiver<bool>,
 ) {
     let mut last_docs: Option<Vec<(String, String)>> = None;
@@ -162,6 +168,10 @@ async fn sync(
     loop {
         tokio::select! {
             _ = changed.notified() => {}
+            Some(outcome) = jwks_outcomes.recv() => {
+                events.jwks_outcome(outcome);
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -174,6 +184,9 @@ async fn sync(
         if last_docs.as_ref() != Some(&docs) {
             let (set, problems) = policies::parse(&objects, &docs);
             events.report(&problems);
+            // Before the set goes out: the fetch loop only learns of a URI
+            // from it, so its results never precede their users.
+            events.jwks_users(policies::jwks_users(&set, &objects));
             let (ras, aps) = set.counts();
             info!(
                 request_authentications = ras,

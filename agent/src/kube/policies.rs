@@ -96,6 +96,25 @@ pub fn parse(objects: &[PolicyObject], docs: &[(String, String)]) -> (PolicySet,
     (set, problems)
 }
 
+/// The RequestAuthentications of `set` (parsed from `objects`) per
+/// `jwksUri` their rules name.
+pub fn jwks_users(
+    set: &PolicySet,
+    objects: &[PolicyObject],
+) -> BTreeMap<String, Vec<ObjectReference>> {
+    let refs: BTreeMap<String, ObjectReference> = objects
+        .iter()
+        .map(|o| (o.origin(), o.reference()))
+        .collect();
+    let mut users: BTreeMap<String, Vec<ObjectReference>> = BTreeMap::new();
+    for (uri, origin) in set.jwks_uri_origins() {
+        if let Some(reference) = refs.get(&origin) {
+            users.entry(uri).or_default().push(reference.clone());
+        }
+    }
+    users
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +159,14 @@ mod tests {
         let (set, problems) = parse(&objects, &docs);
         assert_eq!(set.counts(), (1, 1), "the invalid policy is left out");
         assert_eq!(set.jwks_uris()[0].0, "http://j/keys");
+        let users = jwks_users(&set, &objects);
+        assert_eq!(
+            users["http://j/keys"]
+                .iter()
+                .map(|r| r.name.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("jwt")]
+        );
         let bad = problems.iter().find(|p| p.invalid).expect("an error");
         assert_eq!(bad.object.name.as_deref(), Some("bad"));
         assert_eq!(bad.object.uid.as_deref(), Some("uid-bad"));

@@ -118,6 +118,25 @@ impl PolicySet {
         WorkloadPolicy { jwt_rules, authz }
     }
 
+    /// `(jwksUri, origin)` for each RequestAuthentication whose rules name
+    /// that URI (origin as given to `parse`), sorted and without duplicates:
+    /// whom to tell when the URI cannot be fetched.
+    pub fn jwks_uri_origins(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .authns
+            .iter()
+            .flat_map(|ra| {
+                ra.rules.iter().filter_map(|rule| match &rule.jwks {
+                    JwksSource::Uri(u) => Some((u.clone(), ra.origin.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every `jwksUri` referenced by any rule, with the rule's fetch timeout.
     pub fn jwks_uris(&self) -> Vec<(String, Duration)> {
         let mut out: Vec<(String, Duration)> = Vec::new();

@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::authz::{Decision, JwksLookup};
@@ -333,16 +333,36 @@ where
     String::from_utf8(body.to_vec()).map_err(|_| anyhow!("{uri}: body is not UTF-8"))
 }
 
+/// The result of one scheduled fetch of a `jwksUri`, for a source that
+/// reports failures to its users (Kubernetes Events). A plain value on a
+/// channel keeps this module ignorant of who listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOutcome {
+    pub uri: String,
+    /// `None`: a usable key set was fetched.
+    pub error: Option<String>,
+    /// A last good key set is still in use (always true on success).
+    pub kept_last_good: bool,
+}
+
 /// Fetch every jwksUri the policies name: at once when new, then every
 /// `refresh`; failed first fetches are retried with backoff. `done` turns true
-/// once every URI has been tried at least once (part of readiness).
+/// once every URI has been tried at least once (part of readiness). Each
+/// result also goes to `outcomes`, when given.
 pub async fn keep_fresh(
     store: Arc<JwksStore>,
     mut uris: watch::Receiver<Vec<(String, Duration)>>,
     refresh: Duration,
     done: watch::Sender<bool>,
+    outcomes: Option<mpsc::UnboundedSender<FetchOutcome>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A listener that went away (shutdown) is not the loop's problem.
+    let report = |outcome: FetchOutcome| {
+        if let Some(tx) = &outcomes {
+            let _ = tx.send(outcome);
+        }
+    };
     // uri -> (when to fetch next, current retry delay)
     let mut due: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
@@ -360,12 +380,22 @@ pub async fn keep_fresh(
                 Ok(keys) => {
                     info!(%uri, keys, "JWKS fetched");
                     crate::metrics::record_jwks_fetch(uri, true);
+                    report(FetchOutcome {
+                        uri: uri.clone(),
+                        error: None,
+                        kept_last_good: true,
+                    });
                     *entry = (Instant::now() + refresh, JWKS_RETRY_MIN);
                 }
                 Err(err) => {
                     crate::metrics::record_jwks_fetch(uri, false);
                     let kept = store.contains(uri);
                     warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
+                    report(FetchOutcome {
+                        uri: uri.clone(),
+                        error: Some(format!("{err:#}")),
+                        kept_last_good: kept,
+                    });
                     let delay = if kept {
                         refresh.min(JWKS_RETRY_MAX)
                     } else {

@@ -72,6 +72,8 @@ impl Local {
         Inputs {
             policies: policies_rx,
             workloads: workloads_rx,
+            // Fetch failures are logged by the fetch loop; nobody else to tell.
+            jwks_outcomes: None,
         }
     }
 }
