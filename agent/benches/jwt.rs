@@ -24,10 +24,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use aws_lc_rs::{digest, hmac};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use aws_lc_rs::digest;
+use aws_lc_rs::signature;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -41,14 +40,6 @@ const NOW: u64 = 1_700_000_000;
 const ISSUER: &str = "https://idp.example.com/realms/prod";
 const JWKS_URI: &str = "http://idp.example.com/jwks";
 
-fn testdata(name: &str) -> String {
-    let p = format!(
-        "{}/testdata/istio-samples/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
-
 /// Kubernetes/Istio-style claims, about 1 KB as a token (performance.md §3.1).
 fn claims(jti: usize) -> String {
     format!(
@@ -59,98 +50,21 @@ fn claims(jti: usize) -> String {
     )
 }
 
-struct Signers {
-    rsa: RsaKeyPair,
-    p256: EcdsaKeyPair,
-    p384: EcdsaKeyPair,
-    p521: EcdsaKeyPair,
-    ed: Ed25519KeyPair,
-    secret: Vec<u8>,
+/// Shared with the unit tests, so both sign tokens the same way.
+#[path = "../src/jwt/signers.rs"]
+mod signers;
+use signers::{testdata, Signers};
+
+/// The benchmarks' tokens carry `typ` and the kid of their family's key, as
+/// real identity providers' tokens do.
+fn sign(s: &Signers, alg: &str, payload: &str) -> String {
+    let kid = Signers::kid_for(alg);
+    let header = format!(r#"{{"alg":"{alg}","kid":"{kid}","typ":"JWT"}}"#);
+    s.token_with_header(alg, &header, payload)
 }
 
-impl Signers {
-    fn new() -> Signers {
-        let pem = testdata("key.pem");
-        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let ec = |alg| EcdsaKeyPair::generate(alg).unwrap();
-        Signers {
-            rsa: RsaKeyPair::from_der(&STANDARD.decode(b64).unwrap()).unwrap(),
-            p256: ec(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
-            p384: ec(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
-            p521: ec(&signature::ECDSA_P521_SHA512_FIXED_SIGNING),
-            ed: Ed25519KeyPair::generate().unwrap(),
-            secret: b"a-benchmark-secret-of-32-bytes!!".to_vec(),
-        }
-    }
-
-    fn jwks(&self) -> JwkSet {
-        let ec = |kp: &EcdsaKeyPair, crv: &str, kid: &str| {
-            let p = kp.public_key().as_ref();
-            let n = (p.len() - 1) / 2;
-            format!(
-                r#"{{"kty":"EC","crv":"{crv}","kid":"{kid}","x":"{}","y":"{}"}}"#,
-                URL_SAFE_NO_PAD.encode(&p[1..1 + n]),
-                URL_SAFE_NO_PAD.encode(&p[1 + n..])
-            )
-        };
-        let rsa: serde_json::Value = serde_json::from_str(&testdata("jwks.json")).unwrap();
-        let mut rsa = rsa["keys"][0].clone();
-        rsa["kid"] = "rsa".into();
-        let json = format!(
-            r#"{{"keys":[{rsa},{},{},{},{{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"{}"}},{{"kty":"oct","kid":"hmac","k":"{}"}}]}}"#,
-            ec(&self.p256, "P-256", "p256"),
-            ec(&self.p384, "P-384", "p384"),
-            ec(&self.p521, "P-521", "p521"),
-            URL_SAFE_NO_PAD.encode(self.ed.public_key().as_ref()),
-            URL_SAFE_NO_PAD.encode(&self.secret),
-        );
-        JwkSet::parse(&json).unwrap()
-    }
-
-    fn token(&self, alg: &str, payload: &str) -> String {
-        let kid = match alg {
-            a if a.starts_with("RS") || a.starts_with("PS") => "rsa",
-            "ES256" => "p256",
-            "ES384" => "p384",
-            "ES512" => "p521",
-            "EdDSA" => "ed",
-            _ => "hmac",
-        };
-        let header = format!(r#"{{"alg":"{alg}","kid":"{kid}","typ":"JWT"}}"#);
-        let signed = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let msg = signed.as_bytes();
-        let rng = SystemRandom::new();
-        let rsa = |enc: &'static dyn signature::RsaEncoding| {
-            let mut sig = vec![0; self.rsa.public_modulus_len()];
-            self.rsa.sign(enc, &rng, msg, &mut sig).unwrap();
-            sig
-        };
-        let hs = |a| {
-            hmac::sign(&hmac::Key::new(a, &self.secret), msg)
-                .as_ref()
-                .to_vec()
-        };
-        let sig: Vec<u8> = match alg {
-            "RS256" => rsa(&signature::RSA_PKCS1_SHA256),
-            "RS384" => rsa(&signature::RSA_PKCS1_SHA384),
-            "RS512" => rsa(&signature::RSA_PKCS1_SHA512),
-            "PS256" => rsa(&signature::RSA_PSS_SHA256),
-            "PS384" => rsa(&signature::RSA_PSS_SHA384),
-            "PS512" => rsa(&signature::RSA_PSS_SHA512),
-            "ES256" => self.p256.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "ES384" => self.p384.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "ES512" => self.p521.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "EdDSA" => self.ed.sign(msg).as_ref().to_vec(),
-            "HS256" => hs(hmac::HMAC_SHA256),
-            "HS384" => hs(hmac::HMAC_SHA384),
-            _ => hs(hmac::HMAC_SHA512),
-        };
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
-    }
+fn jwks(s: &Signers) -> JwkSet {
+    JwkSet::parse(&s.jwks_json()).unwrap()
 }
 
 struct Lookup(HashMap<String, Arc<JwkSet>>);
@@ -231,10 +145,10 @@ fn rule() -> JwtRule {
 
 fn decisions(c: &mut Criterion) {
     let s = Signers::new();
-    let keys = Arc::new(s.jwks());
+    let keys = Arc::new(jwks(&s));
     let lookup = Lookup(HashMap::from([(JWKS_URI.to_string(), keys)]));
     let policy = policy();
-    let token = s.token("RS256", &claims(0));
+    let token = sign(&s, "RS256", &claims(0));
     println!("RS256 token: {} bytes", token.len());
     let req = request(&token);
     let cache = TokenCache::new(CacheConfig::default());
@@ -276,7 +190,7 @@ fn decisions(c: &mut Criterion) {
     // Fresh tokens: signing RS256 is slow (~1 ms), so a pool is signed once
     // and the cache is emptied (outside the timing) before it is reused.
     let pool: Vec<Request> = (1..=512)
-        .map(|i| request(&s.token("RS256", &claims(i))))
+        .map(|i| request(&sign(&s, "RS256", &claims(i))))
         .collect();
     g.bench_function("cache_miss_insert_rs256", |b| {
         b.iter_custom(|iters| {
@@ -300,14 +214,14 @@ fn decisions(c: &mut Criterion) {
 
 fn verification(c: &mut Criterion) {
     let s = Signers::new();
-    let keys = Keys::Set(Arc::new(s.jwks()));
+    let keys = Keys::Set(Arc::new(jwks(&s)));
     let r = rule();
     let mut g = c.benchmark_group("verify");
     for alg in [
         "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
         "HS256", "HS384", "HS512",
     ] {
-        let token = s.token(alg, &claims(0));
+        let token = sign(&s, alg, &claims(0));
         assert!(verify_token(&r, &token, &keys, NOW).is_ok(), "{alg}");
         g.bench_function(alg, |b| {
             b.iter(|| black_box(verify_token(&r, black_box(&token), &keys, NOW)))
@@ -316,7 +230,7 @@ fn verification(c: &mut Criterion) {
     g.finish();
 
     // The same RS256 signature through aws-lc-rs alone.
-    let token = s.token("RS256", &claims(0));
+    let token = sign(&s, "RS256", &claims(0));
     let (signed, sig) = token.rsplit_once('.').unwrap();
     let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
     let jwk: serde_json::Value = serde_json::from_str(&testdata("jwks.json")).unwrap();

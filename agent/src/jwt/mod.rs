@@ -21,6 +21,8 @@ mod cache_tests;
 #[cfg(test)]
 mod rule_fields_tests;
 #[cfg(test)]
+pub(crate) mod signers;
+#[cfg(test)]
 mod tests;
 
 pub use authn::{

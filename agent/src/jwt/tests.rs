@@ -4,8 +4,6 @@
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
@@ -14,13 +12,7 @@ use crate::policy::{JwksSource, JwtRule};
 
 pub(super) const NOW: u64 = 1_700_000_000;
 
-pub(super) fn testdata(name: &str) -> String {
-    let p = format!(
-        "{}/testdata/istio-samples/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
+pub(super) use super::signers::{testdata, Signers};
 
 pub(super) fn rule(issuer: &str) -> JwtRule {
     JwtRule {
@@ -37,98 +29,12 @@ pub(super) fn rule(issuer: &str) -> JwtRule {
     }
 }
 
-/// Signing keys for every family, plus their public JWKs.
-pub(super) struct Signers {
-    rsa: RsaKeyPair,
-    pub(super) p256: EcdsaKeyPair,
-    p384: EcdsaKeyPair,
-    p521: EcdsaKeyPair,
-    ed: Ed25519KeyPair,
-    secret: Vec<u8>,
-}
-
 impl Signers {
-    pub(super) fn new() -> Signers {
-        let pem = testdata("key.pem");
-        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        Signers {
-            rsa: RsaKeyPair::from_der(&STANDARD.decode(b64).unwrap()).unwrap(),
-            p256: EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap(),
-            p384: EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap(),
-            p521: EcdsaKeyPair::generate(&signature::ECDSA_P521_SHA512_FIXED_SIGNING).unwrap(),
-            ed: Ed25519KeyPair::generate().unwrap(),
-            secret: b"a-test-secret-of-32-bytes-length".to_vec(),
-        }
-    }
-
-    pub(super) fn ec_jwk(kp: &EcdsaKeyPair, crv: &str, kid: &str) -> String {
-        let point = kp.public_key().as_ref();
-        let n = (point.len() - 1) / 2;
-        format!(
-            r#"{{"kty":"EC","crv":"{crv}","kid":"{kid}","x":"{}","y":"{}"}}"#,
-            URL_SAFE_NO_PAD.encode(&point[1..1 + n]),
-            URL_SAFE_NO_PAD.encode(&point[1 + n..])
-        )
-    }
-
-    /// One JWKS holding every public key, kid = family name.
+    /// The JWKS of every signer, parsed; all six keys must be usable.
     pub(super) fn jwks(&self) -> JwkSet {
-        let rsa: serde_json::Value = serde_json::from_str(&testdata("jwks.json")).unwrap();
-        let mut rsa = rsa["keys"][0].clone();
-        rsa["kid"] = "rsa".into();
-        let json = format!(
-            r#"{{"keys":[{rsa},{},{},{},{{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"{}"}},{{"kty":"oct","kid":"hmac","k":"{}"}}]}}"#,
-            Self::ec_jwk(&self.p256, "P-256", "p256"),
-            Self::ec_jwk(&self.p384, "P-384", "p384"),
-            Self::ec_jwk(&self.p521, "P-521", "p521"),
-            URL_SAFE_NO_PAD.encode(self.ed.public_key().as_ref()),
-            URL_SAFE_NO_PAD.encode(&self.secret),
-        );
-        let set = JwkSet::parse(&json).unwrap();
+        let set = JwkSet::parse(&self.jwks_json()).unwrap();
         assert_eq!(set.len(), 6);
         set
-    }
-
-    /// Sign `payload` with `alg` using the natural key; `kid` optional.
-    pub(super) fn token(&self, alg: &str, kid: Option<&str>, payload: &str) -> String {
-        let header = match kid {
-            Some(k) => format!(r#"{{"alg":"{alg}","kid":"{k}"}}"#),
-            None => format!(r#"{{"alg":"{alg}"}}"#),
-        };
-        let signed = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let msg = signed.as_bytes();
-        let rng = SystemRandom::new();
-        let rsa = |enc: &'static dyn signature::RsaEncoding| {
-            let mut sig = vec![0; self.rsa.public_modulus_len()];
-            self.rsa.sign(enc, &rng, msg, &mut sig).unwrap();
-            sig
-        };
-        let hs = |a| {
-            hmac::sign(&hmac::Key::new(a, &self.secret), msg)
-                .as_ref()
-                .to_vec()
-        };
-        let sig: Vec<u8> = match alg {
-            "RS256" => rsa(&signature::RSA_PKCS1_SHA256),
-            "RS384" => rsa(&signature::RSA_PKCS1_SHA384),
-            "RS512" => rsa(&signature::RSA_PKCS1_SHA512),
-            "PS256" => rsa(&signature::RSA_PSS_SHA256),
-            "PS384" => rsa(&signature::RSA_PSS_SHA384),
-            "PS512" => rsa(&signature::RSA_PSS_SHA512),
-            "ES256" => self.p256.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "ES384" => self.p384.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "ES512" => self.p521.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            "EdDSA" => self.ed.sign(msg).as_ref().to_vec(),
-            "HS256" => hs(hmac::HMAC_SHA256),
-            "HS384" => hs(hmac::HMAC_SHA384),
-            "HS512" => hs(hmac::HMAC_SHA512),
-            other => panic!("{other}"),
-        };
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 }
 
