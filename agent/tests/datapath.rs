@@ -16,16 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use jwtgate::datapath::{self, Datapath, DenyList};
+use jwtgate_e2e::netns::NetNs;
 
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
-
-fn skip_or_fail(why: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("datapath test cannot run: {why} (CI is set, refusing to skip)");
-    }
-    eprintln!("\n*** SKIP datapath test: {why} ***\n");
-    true
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
@@ -47,49 +40,24 @@ fn output(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace (`ip netns add`), deleted on drop even when the
-/// test panics.
-struct Netns {
-    name: String,
+/// A uniquely named namespace from the shared test bed, `lo` up, removed on
+/// drop even when the test panics.
+fn netns() -> NetNs {
+    let name = format!(
+        "jg-dp-{}-{}",
+        std::process::id(),
+        NEXT_NS.fetch_add(1, Ordering::SeqCst)
+    );
+    NetNs::create(&name).expect("creating a network namespace")
 }
 
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "jg-dp-{}-{}",
-            std::process::id(),
-            NEXT_NS.fetch_add(1, Ordering::SeqCst)
-        );
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    fn file(&self) -> File {
-        File::open(format!("/var/run/netns/{}", self.name)).expect("opening netns")
-    }
-
-    /// Run `f` on a thread inside this namespace; sockets it creates belong
-    /// to the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = self.file();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
-    }
+fn ns_file(ns: &NetNs) -> File {
+    File::open(ns.path()).expect("opening netns")
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Run `f` on a thread inside `ns`; sockets it creates belong to `ns`.
+fn inside<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    ns.run(f).expect("thread in netns")
 }
 
 /// A private bpffs in a temporary directory, unmounted on drop.
@@ -110,9 +78,9 @@ impl Drop for Bpffs {
     }
 }
 
-fn listen(ns: &Netns, addr: &str) -> TcpListener {
+fn listen(ns: &NetNs, addr: &str) -> TcpListener {
     let addr: SocketAddr = addr.parse().unwrap();
-    let l = ns.run(|| TcpListener::bind(addr)).expect("bind");
+    let l = inside(ns, || TcpListener::bind(addr)).expect("bind");
     l.set_nonblocking(true).unwrap();
     l
 }
@@ -135,8 +103,8 @@ fn accept(l: &TcpListener, timeout: Duration) -> Option<SocketAddr> {
     }
 }
 
-fn connect(ns: &Netns, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    ns.run(|| TcpStream::connect_timeout(&to, timeout))
+fn connect(ns: &NetNs, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    inside(ns, || TcpStream::connect_timeout(&to, timeout))
 }
 
 fn counter(dp: &Datapath, name: &str) -> u64 {
@@ -146,11 +114,6 @@ fn counter(dp: &Datapath, name: &str) -> u64 {
         .find(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no counter {name}"))
         .1
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Blocking connect from a chosen source address (std cannot bind before
@@ -212,18 +175,25 @@ fn connect_from(
 
 #[test]
 fn steer_guard_fail_closed_fail_open() {
-    if !is_root() && skip_or_fail("not root") {
+    if !jwtgate_e2e::require_privileges() {
         return;
     }
-    if !datapath::object_embedded() && skip_or_fail("agent built without the eBPF object") {
+    // CI builds the agent with the object; anywhere else a plain `cargo test`
+    // without it is a skip, said out loud.
+    if !datapath::object_embedded() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "datapath test cannot run: agent built without the eBPF object (CI is set)"
+        );
+        eprintln!("\n*** SKIP datapath test: agent built without the eBPF object ***\n");
         return;
     }
 
     let bpffs = Bpffs {
         dir: tempfile::tempdir().unwrap(),
     };
-    let client = Netns::new();
-    let pod = Netns::new();
+    let client = netns();
+    let pod = netns();
     let net = 10 + std::process::id() % 200;
     let client_ip: Ipv4Addr = format!("10.254.{net}.1").parse().unwrap();
     let pod_ip: Ipv4Addr = format!("10.254.{net}.2").parse().unwrap();
@@ -235,21 +205,21 @@ fn steer_guard_fail_closed_fail_open() {
             "add",
             &veth,
             "netns",
-            &client.name,
+            client.name(),
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            &pod.name,
+            pod.name(),
         ],
     );
     run(
         "ip",
         &[
             "-n",
-            &client.name,
+            client.name(),
             "addr",
             "add",
             &format!("{client_ip}/24"),
@@ -257,12 +227,12 @@ fn steer_guard_fail_closed_fail_open() {
             &veth,
         ],
     );
-    run("ip", &["-n", &client.name, "link", "set", &veth, "up"]);
+    run("ip", &["-n", client.name(), "link", "set", &veth, "up"]);
     run(
         "ip",
         &[
             "-n",
-            &pod.name,
+            pod.name(),
             "addr",
             "add",
             &format!("{pod_ip}/24"),
@@ -270,7 +240,7 @@ fn steer_guard_fail_closed_fail_open() {
             "eth0",
         ],
     );
-    run("ip", &["-n", &pod.name, "link", "set", "eth0", "up"]);
+    run("ip", &["-n", pod.name(), "link", "set", "eth0", "up"]);
 
     let app_mesh = listen(&pod, "0.0.0.0:8080");
     let app_other = listen(&pod, "0.0.0.0:9090");
@@ -283,7 +253,7 @@ fn steer_guard_fail_closed_fail_open() {
     let id = dp
         .enrol(
             "test/pod",
-            &pod.file(),
+            &ns_file(&pod),
             &[IpAddr::V4(pod_ip)],
             &[8080],
             verifier.as_fd(),
@@ -309,15 +279,14 @@ fn steer_guard_fail_closed_fail_open() {
     assert_eq!(accept(&app_other, short), Some(other_addr));
 
     // The verifier's upstream source 127.0.0.6 bypasses steering.
-    let _c = pod
-        .run(|| {
-            connect_from(
-                SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0),
-                SocketAddrV4::new(pod_ip, 8080),
-                short,
-            )
-        })
-        .expect("connect from 127.0.0.6");
+    let _c = inside(&pod, || {
+        connect_from(
+            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0),
+            SocketAddrV4::new(pod_ip, 8080),
+            short,
+        )
+    })
+    .expect("connect from 127.0.0.6");
     assert_eq!(
         accept(&app_mesh, short),
         Some(mesh_addr),
@@ -328,7 +297,7 @@ fn steer_guard_fail_closed_fail_open() {
     let progs = output("bpftool", &["prog", "show"]);
     assert!(progs.contains("sk_lookup"), "bpftool prog show: {progs}");
     assert!(progs.contains("xdp"), "bpftool prog show: {progs}");
-    let link = output("ip", &["-n", &pod.name, "-d", "link", "show", "eth0"]);
+    let link = output("ip", &["-n", pod.name(), "-d", "link", "show", "eth0"]);
     assert!(link.contains("xdp"), "no XDP on the pod interface: {link}");
     eprintln!(
         "pod eth0: {}",
@@ -362,17 +331,17 @@ fn steer_guard_fail_closed_fail_open() {
     let pod_other = SocketAddrV4::new(pod_ip, 9090);
     deny.deny_flow(banned_src.into(), pod_other.into(), None, 2)
         .unwrap();
-    let err = client
-        .run(|| connect_from(banned_src, pod_other, short))
+    let err = inside(&client, || connect_from(banned_src, pod_other, short))
         .expect_err("banned flow connected");
     assert!(
         matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
             || err.raw_os_error() == Some(libc::EINPROGRESS),
         "banned flow: {err}"
     );
-    let _c = client
-        .run(|| connect_from(SocketAddrV4::new(client_ip, 40002), pod_other, short))
-        .expect("other flow");
+    let _c = inside(&client, || {
+        connect_from(SocketAddrV4::new(client_ip, 40002), pod_other, short)
+    })
+    .expect("other flow");
     assert_eq!(accept(&app_other, short), Some(other_addr));
     deny.allow_flow(banned_src.into(), pod_other.into())
         .unwrap();
@@ -381,7 +350,7 @@ fn steer_guard_fail_closed_fail_open() {
     let id2 = dp
         .enrol(
             "test/pod",
-            &pod.file(),
+            &ns_file(&pod),
             &[IpAddr::V4(pod_ip)],
             &[8080],
             verifier.as_fd(),
@@ -413,7 +382,7 @@ fn steer_guard_fail_closed_fail_open() {
     let id3 = dp
         .enrol(
             "test/pod",
-            &pod.file(),
+            &ns_file(&pod),
             &[IpAddr::V4(pod_ip)],
             &[8080],
             verifier2.as_fd(),
@@ -458,7 +427,7 @@ fn steer_guard_fail_closed_fail_open() {
     let id4 = dp
         .enrol(
             "test/pod",
-            &pod.file(),
+            &ns_file(&pod),
             &[IpAddr::V4(pod_ip)],
             &[8080],
             verifier3.as_fd(),
@@ -483,7 +452,7 @@ fn steer_guard_fail_closed_fail_open() {
     assert!(dp.pinned_keys().expect("pinned_keys").is_empty());
     let _c = connect(&client, mesh_addr, short).expect("connect after unenrol");
     assert_eq!(accept(&app_mesh, short), Some(mesh_addr));
-    let link = output("ip", &["-n", &pod.name, "-d", "link", "show", "eth0"]);
+    let link = output("ip", &["-n", pod.name(), "-d", "link", "show", "eth0"]);
     assert!(
         !link.contains("prog/xdp"),
         "XDP still attached after unenrol: {link}"
