@@ -15,14 +15,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{binary, workspace_root};
 use crate::apiserver::{require_binaries, ApiServer};
+use crate::sandbox::Sandbox;
 use crate::topology::{Client, PodHandle, PodSpec, TestNode};
 use crate::Response;
 
 /// How long a change may take to show in the answers (the goal is < 1 s).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The test bed. Fields drop in order: node (agent first), then the servers.
+/// The test bed. Fields drop in order: the pods' sandbox processes, the node
+/// (agent first), then the servers.
 pub struct KubeBed {
+    sandboxes: Vec<Sandbox>,
     pub node: TestNode,
     pub api: ApiServer,
     pub client: Client,
@@ -55,6 +58,7 @@ impl KubeBed {
         let client = node.add_client("client")?;
         let node_name = format!("{}-node", node.prefix());
         Ok(Some(KubeBed {
+            sandboxes: Vec::new(),
             node,
             api,
             client,
@@ -73,7 +77,17 @@ impl KubeBed {
         self.apply_pod(&pod, &pod.spec.labels)?;
         self.api
             .set_pod_ip(&pod.spec.namespace, &pod.spec.name, &pod.ip.to_string())?;
+        self.start_sandbox(&pod)?;
         Ok(pod)
+    }
+
+    /// The pod's "pause process": what the agent finds the pod's netns by.
+    /// Call again after re-creating the Pod object (a new UID).
+    pub fn start_sandbox(&mut self, pod: &PodHandle) -> Result<()> {
+        let uid = self.api.pod_uid(&pod.spec.namespace, &pod.spec.name)?;
+        let sandbox = Sandbox::start(&pod.netns, self.node.prefix(), &uid)?;
+        self.sandboxes.push(sandbox);
+        Ok(())
     }
 
     /// (Re)apply the Pod object with these labels.
