@@ -239,6 +239,10 @@ fn canonical(name: &str) -> String {
         .join("-")
 }
 
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -246,8 +250,4 @@ mod tests {
         assert_eq!(super::canonical("x-forwarded-for"), "X-Forwarded-For");
         assert_eq!(super::canonical("AUTHORIZATION"), "Authorization");
     }
-}
-
-fn canonical_addr(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
