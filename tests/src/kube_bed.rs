@@ -92,6 +92,20 @@ impl KubeBed {
 
     /// (Re)apply the Pod object with these labels.
     pub fn apply_pod(&self, pod: &PodHandle, labels: &[(String, String)]) -> Result<()> {
+        self.apply_pod_annotated(pod, labels, &[])
+    }
+
+    /// (Re)apply the Pod object with these labels and annotations.
+    pub fn apply_pod_annotated(
+        &self,
+        pod: &PodHandle,
+        labels: &[(String, String)],
+        annotations: &[(&str, &str)],
+    ) -> Result<()> {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone().into()))
@@ -104,7 +118,7 @@ impl KubeBed {
             .collect();
         let obj = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels},
+            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels, "annotations": annotations},
             "spec": {"nodeName": self.node_name, "containers": [
                 {"name": "app", "image": "example.invalid/echo", "ports": ports}]}
         });
