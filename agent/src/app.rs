@@ -19,7 +19,7 @@ use crate::enroll::{Enroller, Inputs, LiveBackend};
 use crate::jwt::TokenCache;
 use crate::metrics::Registry;
 use crate::netns::Finder;
-use crate::proxy::{BanTracker, ProbeSources, Shared};
+use crate::proxy::{BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts};
 use crate::sources::jwks::JwksStore;
 
 /// Retry delay for workloads that could not be enrolled.
@@ -118,6 +118,13 @@ async fn run_engine(
         sniff_timeout: (args.protocol_detection_timeout_ms > 0)
             .then(|| Duration::from_millis(args.protocol_detection_timeout_ms)),
         probe_sources,
+        timeouts: Timeouts {
+            header_read: Duration::from_secs(args.header_read_timeout_secs),
+            idle: Duration::from_secs(args.idle_timeout_secs),
+            stream_idle: Duration::from_secs(args.stream_idle_timeout_secs),
+            drain_grace: Duration::from_millis(args.drain_grace_ms),
+        },
+        limits: ConnectionLimits::new(args.max_connections, args.max_connections_per_source),
     });
 
     let policies = inputs.policies.borrow_and_update().clone();

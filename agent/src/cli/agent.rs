@@ -93,6 +93,32 @@ pub struct AgentArgs {
     /// (port, path, GET) pass without a token.
     #[arg(long, value_name = "auto|none|IP,...", default_value = "auto", value_parser = parse_probe_sources)]
     pub probe_sources: ProbeSourcesArg,
+    /// Open downstream connections the agent accepts in all (every proxied
+    /// connection holds two descriptors); over it, new ones are reset.
+    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    pub max_connections: usize,
+    /// Open downstream connections one source address may hold; over it,
+    /// that source's new connections are reset while others are served.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections_per_source: usize,
+    /// A request head must be complete this long after its first byte, or
+    /// the client gets 408 and the connection closes (Envoy's
+    /// request_headers_timeout, which it leaves off by default: that is the
+    /// slow-header hole).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in progress closes after this long
+    /// without traffic (Envoy's idle_timeout, 1 h).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub idle_timeout_secs: u64,
+    /// A request in progress that moves no byte for this long is cut
+    /// (Envoy's stream_idle_timeout, 5 min).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub stream_idle_timeout_secs: u64,
+    /// On shutdown, how long open HTTP connections keep serving (each
+    /// response with `Connection: close`) before idle ones are closed.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
+    pub drain_grace_ms: u64,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,

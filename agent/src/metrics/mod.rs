@@ -100,7 +100,8 @@ impl Registry {
                 ("tcp_allowed", &stats.tcp_allowed),
                 ("tcp_denied", &stats.tcp_denied),
                 ("late_http_closed", &stats.late_http_closed),
-                ("h2_refused", &stats.h2_refused),
+                ("header_timeout", &stats.header_timeouts),
+                ("idle_timeout", &stats.idle_timeouts),
             ] {
                 let _ = writeln!(
                     out,

@@ -1,42 +1,271 @@
-//! HTTP/1.1 connections: hyper parses each request of a keep-alive
-//! connection and hands it to `request::handle`.
+//! HTTP connections: hyper parses each request (HTTP/1.1 keep-alive, or
+//! HTTP/2 streams) and hands it to `request::handle`. A watchdog per
+//! connection applies the timeouts hyper does not: a request head must be
+//! complete within `header_read` of its first byte (else 408, as Envoy's
+//! `request_headers_timeout`), a connection without a request in progress
+//! closes after `idle` without traffic (Envoy's `idle_timeout`), and a
+//! request in progress that moves no byte for `stream_idle` is cut (Envoy's
+//! `stream_idle_timeout`). So no client can hold a connection — and the
+//! descriptors and memory behind it — by trickling or by silence.
+//!
+//! On shutdown (SIGTERM, or a newer agent taking over) the connection keeps
+//! serving for `drain_grace`, answering each request with `Connection:
+//! close` so that busy clients move to the new listener between two
+//! requests; idle ones are closed after that.
 
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::debug;
 
-use super::request::{self, ConnContext};
-use super::sniff::Prefixed;
+use super::conn_io::{Activity, ConnIo, Phase};
+use super::request::{self, ConnContext, ProxyBody};
+/// Envoy's default limit on a request head (`max_request_headers_kb: 60`).
+const MAX_HEAD_BYTES: usize = 60 * 1024;
 
-/// Serve the connection until the client closes it, or until `shutdown`
-/// turns true: then the request in progress finishes and the connection
-/// closes.
-pub async fn serve(
-    io: Prefixed<TcpStream>,
+/// The proxy's HTTP timeouts (flags in `cli/agent.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub stream_idle: Duration,
+    /// How long a draining connection keeps serving (with `Connection:
+    /// close`) before it is closed.
+    pub drain_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(3600),
+            stream_idle: Duration::from_secs(300),
+            drain_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the watchdog ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    HeaderRead,
+    Idle,
+    StreamIdle,
+}
+
+/// Sleep until one of the connection's deadlines passes.
+async fn watchdog(activity: &Activity, t: Timeouts) -> Expired {
+    loop {
+        let (deadline, why) = match (activity.phase(), activity.head_started()) {
+            (Phase::AwaitingHead, Some(started)) => (started + t.header_read, Expired::HeaderRead),
+            (Phase::AwaitingHead, None) | (Phase::Upgraded, _) => {
+                (activity.last_io() + t.idle, Expired::Idle)
+            }
+            (Phase::InRequest, _) => (activity.last_io() + t.stream_idle, Expired::StreamIdle),
+        };
+        if Instant::now() >= deadline {
+            return why;
+        }
+        // Re-evaluated at the deadline (activity may have moved it), or
+        // every second at most so a phase change is noticed.
+        tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_secs(1))).await;
+    }
+}
+
+/// Envoy's reply when the request head did not arrive in time.
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+
+/// Serve an HTTP/1 connection until the client closes it, a timeout ends it,
+/// or shutdown drains it.
+pub async fn serve_http1(
+    stream: Arc<TcpStream>,
+    prefix: Vec<u8>,
     ctx: Arc<ConnContext>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let service_ctx = ctx.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(request::handle(req, &ctx).await) }
-    });
-    let conn = http1::Builder::new()
+    let io = ConnIo::new(prefix, stream.clone(), ctx.activity.clone());
+    let service = Svc(ctx.clone());
+    let mut builder = http1::Builder::new();
+    builder
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .timer(TokioTimer::new())
+        // hyper answers 431 itself past this; below it the request shape
+        // decides with Envoy's exact 60 KiB. Bounds the memory a head can take.
+        .max_buf_size(MAX_HEAD_BYTES + 8 * 1024);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    drive(conn, &stream, &ctx, shutdown).await;
+}
+
+/// Serve an HTTP/2 connection (h2c with prior knowledge): every stream is a
+/// request handled like an HTTP/1 one.
+pub async fn serve_http2(
+    stream: Arc<TcpStream>,
+    prefix: Vec<u8>,
+    ctx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let io = ConnIo::new(prefix, stream.clone(), ctx.activity.clone());
+    let service = Svc(ctx.clone());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size((MAX_HEAD_BYTES + 8 * 1024) as u32)
+        // A bound on the streams one connection can hold open at once.
+        .max_concurrent_streams(1024);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    drive(conn, &stream, &ctx, shutdown).await;
+}
+
+/// The connection future against its watchdog and the shutdown switch.
+async fn drive<C>(
+    conn: C,
+    stream: &TcpStream,
+    ctx: &ConnContext,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
+{
+    let timeouts = ctx.shared.timeouts;
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+        why = watchdog(&ctx.activity, timeouts) => {
+            debug!(peer = %ctx.peer, ?why, "connection timed out");
+            if why == Expired::HeaderRead {
+                ctx.workload.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                // hyper is waiting for the rest of a head, so nothing else
+                // writes now; best effort, the connection closes anyway.
+                let _ = stream.try_write(REQUEST_TIMEOUT);
+            } else {
+                ctx.workload.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+            // Draining: requests in this window are answered with
+            // `Connection: close` (HTTP/1) and the client reconnects to
+            // whoever holds the steering now.
+            ctx.closing.store(true, Ordering::Relaxed);
+            let grace = tokio::time::sleep(timeouts.drain_grace);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = grace => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            }
         }
     };
     if let Err(err) = result {
         debug!(peer = %ctx.peer, %err, "connection ended with an error");
+    }
+}
+
+/// hyper's two connection types both shut down gracefully.
+trait GracefulShutdown {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I> GracefulShutdown for http1::UpgradeableConnection<I, Svc>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I> GracefulShutdown for http2::Connection<I, Svc, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// The per-request service: marks the request cycle for the watchdog.
+#[derive(Clone)]
+pub struct Svc(Arc<ConnContext>);
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
+    type Response = http::Response<PhaseBody>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let ctx = self.0.clone();
+        Box::pin(async move {
+            ctx.activity.set_phase(Phase::InRequest);
+            let resp = request::handle(req, &ctx).await;
+            let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            if upgraded {
+                ctx.activity.set_phase(Phase::Upgraded);
+            }
+            Ok(resp.map(|body| PhaseBody {
+                inner: body,
+                activity: (!upgraded).then(|| ctx.activity.clone()),
+            }))
+        })
+    }
+}
+
+/// A response body that tells the watchdog when the response is done (the
+/// connection is then between requests again).
+pub struct PhaseBody {
+    inner: ProxyBody,
+    activity: Option<Arc<Activity>>,
+}
+
+impl PhaseBody {
+    fn finish(&mut self) {
+        if let Some(activity) = self.activity.take() {
+            activity.set_phase(Phase::AwaitingHead);
+        }
+    }
+}
+
+impl Drop for PhaseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for PhaseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -14,7 +14,9 @@
 //! through (`upstream`). The proxy parses no token or policy itself.
 
 mod bans;
+mod conn_io;
 mod http;
+mod limits;
 mod probe_sources;
 mod request;
 mod sniff;
@@ -22,6 +24,8 @@ mod tcp;
 mod upstream;
 
 pub use bans::BanTracker;
+pub use http::Timeouts;
+pub use limits::ConnectionLimits;
 pub use probe_sources::ProbeSources;
 
 use std::collections::BTreeMap;
@@ -56,6 +60,9 @@ pub struct Shared {
     pub sniff_timeout: Option<Duration>,
     /// The node's addresses, where kubelet probes come from.
     pub probe_sources: ProbeSources,
+    pub timeouts: Timeouts,
+    /// Open downstream connections, capped node-wide and per source.
+    pub limits: Arc<ConnectionLimits>,
 }
 
 /// Per-workload request counters, read by the metrics endpoint.
@@ -77,8 +84,10 @@ pub struct WorkloadStats {
     /// TCP connections closed because their first bytes, sent after the
     /// protocol detection gave up waiting, were an HTTP request.
     pub late_http_closed: AtomicU64,
-    /// HTTP/2 connections closed (h2c is not served yet).
-    pub h2_refused: AtomicU64,
+    /// Request heads not complete within the header-read timeout (408).
+    pub header_timeouts: AtomicU64,
+    /// Connections closed for idleness (keep-alive or stream).
+    pub idle_timeouts: AtomicU64,
 }
 
 /// One enrolled workload as the proxy sees it.
@@ -122,6 +131,12 @@ pub async fn serve(
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // The caps come before any other work: over them
+                        // a connection costs one RST.
+                        let Some(admitted) = shared.limits.admit(peer.ip().to_canonical()) else {
+                            reset(stream);
+                            continue;
+                        };
                         workload.stats.connections.fetch_add(1, Ordering::Relaxed);
                         let workload = workload.clone();
                         let shared = shared.clone();
@@ -129,6 +144,7 @@ pub async fn serve(
                         let guard = drain.clone();
                         tokio::spawn(async move {
                             handle(stream, peer, workload, shared, shutdown).await;
+                            drop(admitted);
                             drop(guard);
                         });
                     }
@@ -180,16 +196,15 @@ async fn handle(
         shared,
         inbound,
         upstream: tokio::sync::Mutex::new(None),
+        activity: conn_io::Activity::new(),
+        closing: std::sync::atomic::AtomicBool::new(false),
     });
     match sniff::classify(stream, &ctx).await {
-        Ok(sniff::Classified::Http1(io)) => http::serve(io, ctx, shutdown).await,
-        Ok(sniff::Classified::Http2(io)) => {
-            ctx.workload
-                .stats
-                .h2_refused
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(peer = %ctx.peer, "HTTP/2 prior knowledge is not served yet: closing");
-            drop(io);
+        Ok(sniff::Classified::Http1 { stream, first }) => {
+            http::serve_http1(Arc::new(stream), first, ctx, shutdown).await
+        }
+        Ok(sniff::Classified::Http2 { stream, first }) => {
+            http::serve_http2(Arc::new(stream), first, ctx, shutdown).await
         }
         Ok(sniff::Classified::Tcp {
             stream,

@@ -38,10 +38,29 @@ pub struct ConnContext {
     /// The upstream connection, opened on the first allowed request and
     /// reused while the client keeps its connection alive.
     pub upstream: tokio::sync::Mutex<Option<upstream::Upstream>>,
+    /// Read and write times and the request cycle, for the watchdog.
+    pub activity: Arc<super::conn_io::Activity>,
+    /// The connection drains: answer with `Connection: close`.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 /// Decide and answer one request.
 pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    let http1 = req.version() < http::Version::HTTP_2;
+    let mut resp = decide_and_answer(req, ctx).await;
+    if http1
+        && ctx.closing.load(Ordering::Relaxed)
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        // Draining: the client reconnects for its next request, to whoever
+        // holds the steering now (hyper closes after this response).
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let policy = ctx.workload.policy.borrow().clone();
     if let Some(decision) = declared_probe(&req, ctx, &policy) {
         ctx.workload
@@ -85,7 +104,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
         } else {
             stats.denied_authz.fetch_add(1, Ordering::Relaxed);
         }
-        return local_reply(&decision, req.method() == http::Method::HEAD);
+        return local_reply(&decision, req.method() == http::Method::HEAD, is_grpc(&req));
     }
     stats.allowed.fetch_add(1, Ordering::Relaxed);
     forward(req, &decision, ctx).await
@@ -144,21 +163,79 @@ async fn forward(
     ctx: &ConnContext,
 ) -> Response<ProxyBody> {
     let stats = &ctx.workload.stats;
-    let forwarded = match prepare_forward(req, decision, ctx) {
+    let upgrade = upgrade_protocol(&req);
+    let mut forwarded = match prepare_forward(req, decision, ctx, upgrade.as_ref()) {
         Ok(req) => req,
         Err(err) => {
             debug!(%err, "cannot rewrite the request");
             return text_response(StatusCode::BAD_REQUEST, "Bad Request");
         }
     };
+    // The client's side of an upgrade, available once we answer 101.
+    let client_upgrade = upgrade
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut forwarded));
     match upstream::send(ctx, forwarded).await {
-        Ok(resp) => resp.map(Either::Right),
+        Ok(mut resp) => {
+            if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+            {
+                // The upstream connection becomes a pipe: nothing else may
+                // be sent on it.
+                ctx.upstream.lock().await.take();
+                let app = hyper::upgrade::on(&mut resp);
+                tokio::spawn(pipe_upgraded(client, app));
+            }
+            resp.map(Either::Right)
+        }
         Err(err) => {
             stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             debug!(dst = %ctx.original_dst, err = %format!("{err:#}"), "upstream failed");
             text_response(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_FAILURE)
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` + `Upgrade: websocket`…), which the proxy carries through as
+/// the Istio sidecar does.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// After a 101: bytes both ways between the client and the application
+/// until either side closes.
+async fn pipe_upgraded(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(both) => both,
+        Err(err) => {
+            debug!(%err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut app = hyper_util::rt::TokioIo::new(app);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
+        debug!(%err, "upgraded connection ended");
+    }
+}
+
+/// gRPC calls get Envoy's gRPC local reply instead of a plain-text one.
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// The request as the pure engine sees it.
@@ -213,9 +290,31 @@ fn prepare_forward(
     mut req: Request<Incoming>,
     decision: &Decision,
     ctx: &ConnContext,
+    upgrade: Option<&HeaderValue>,
 ) -> anyhow::Result<Request<Incoming>> {
-    *req.uri_mut() = decision.forward_path.parse()?;
+    *req.uri_mut() = if req.version() == http::Version::HTTP_2 {
+        // An HTTP/2 request carries scheme and authority (`:scheme`,
+        // `:authority`) next to the path.
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| ctx.original_dst.to_string());
+        format!("http://{authority}{}", decision.forward_path).parse()?
+    } else {
+        decision.forward_path.parse()?
+    };
     let headers = req.headers_mut();
+    let te_trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named_in_connection: Vec<String> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -240,6 +339,18 @@ fn prepare_forward(
             HeaderValue::from_str(value)?,
         );
     }
+    if te_trailers {
+        // gRPC needs it end to end, and it is the one TE value HTTP/2 keeps.
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade {
+        // Hop-by-hop, but the very request the application must see.
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(http::header::UPGRADE, protocol.clone());
+    }
     // The application sees 127.0.0.6 as its peer; tell it who the client was.
     headers.append(
         HeaderName::from_static("x-forwarded-for"),
@@ -249,9 +360,15 @@ fn prepare_forward(
 }
 
 /// Envoy-style local reply for a denial: plain text body, `www-authenticate`
-/// for authentication failures. HEAD gets the headers only.
-fn local_reply(decision: &Decision, head: bool) -> Response<ProxyBody> {
+/// for authentication failures. HEAD gets the headers only. A gRPC call gets
+/// Envoy's gRPC form instead: HTTP 200, trailers-only, `grpc-status` mapped
+/// from the HTTP status (`Grpc::Utility::httpToGrpcStatus`) and the text as
+/// `grpc-message`.
+fn local_reply(decision: &Decision, head: bool, grpc: bool) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(decision.status).unwrap_or(StatusCode::FORBIDDEN);
+    if grpc {
+        return grpc_reply(status, &decision.body);
+    }
     let body = if head {
         Bytes::new()
     } else {
@@ -270,6 +387,42 @@ fn local_reply(decision: &Decision, head: bool) -> Response<ProxyBody> {
     }
     resp.body(Either::Left(Full::new(body)))
         .unwrap_or_else(|_| text_response(status, ""))
+}
+
+fn grpc_reply(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let code = match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    };
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+        headers.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII but `%` as is, every
+/// other byte as `%XX`.
+fn grpc_percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

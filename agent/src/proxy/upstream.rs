@@ -7,48 +7,75 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
 
 use super::request::ConnContext;
 use crate::netns::{PASSTHROUGH_V4, PASSTHROUGH_V6};
 
-/// An open HTTP/1.1 connection to the application.
-pub struct Upstream {
-    sender: SendRequest<Incoming>,
+/// An open connection to the application, in the protocol the client
+/// speaks (Istio's inbound "use the downstream protocol" for sniffed ports):
+/// HTTP/1.1, or HTTP/2 with prior knowledge (h2c, gRPC).
+pub enum Upstream {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
 }
 
 /// Send one request upstream, reusing the connection's upstream while it is
 /// open. A reused connection that turns out closed is replaced once.
 pub async fn send(ctx: &ConnContext, req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
+    let h2 = req.version() == Version::HTTP_2;
     let mut slot = ctx.upstream.lock().await;
     let reusable = match slot.as_mut() {
-        Some(up) => up.sender.ready().await.is_ok(),
-        None => false,
+        Some(Upstream::H1(sender)) if !h2 => sender.ready().await.is_ok(),
+        Some(Upstream::H2(sender)) if h2 => sender.ready().await.is_ok(),
+        _ => false,
     };
     if !reusable {
-        *slot = Some(connect_http(ctx).await?);
+        *slot = Some(connect_http(ctx, h2).await?);
     }
-    let up = slot.as_mut().expect("connected above");
-    up.sender
-        .send_request(req)
-        .await
-        .context("the application closed the connection")
+    match slot.as_mut().expect("connected above") {
+        // HTTP/1: one request at a time on the connection anyway.
+        Upstream::H1(sender) => sender
+            .send_request(req)
+            .await
+            .context("the application closed the connection"),
+        // HTTP/2: streams run side by side; the lock only guards the slot.
+        Upstream::H2(sender) => {
+            let mut sender = sender.clone();
+            drop(slot);
+            sender
+                .send_request(req)
+                .await
+                .context("the application reset the stream")
+        }
+    }
 }
 
-async fn connect_http(ctx: &ConnContext) -> anyhow::Result<Upstream> {
-    let stream = connect(ctx).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+async fn connect_http(ctx: &ConnContext, h2: bool) -> anyhow::Result<Upstream> {
+    let stream = TokioIo::new(connect(ctx).await?);
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), stream).await?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(%err, "upstream h2 connection ended");
+            }
+        });
+        return Ok(Upstream::H2(sender));
+    }
+    // Upgrades (WebSocket): after a 101 the connection is handed back to
+    // the proxy as a byte pipe.
+    let (sender, conn) = http1::handshake(stream).await?;
     tokio::spawn(async move {
-        if let Err(err) = conn.await {
+        if let Err(err) = conn.with_upgrades().await {
             debug!(%err, "upstream connection ended");
         }
     });
-    Ok(Upstream { sender })
+    Ok(Upstream::H1(sender))
 }
 
 /// A TCP connection to the original destination, from the passthrough
