@@ -4,6 +4,12 @@
 //! test runs get the same `JWTGATE_EBPF_OBJ` (so the agent's build script sees
 //! no change and nothing rebuilds) and `JWTGATE_BIN` pointing at the agent
 //! binary the e2e tests start.
+//!
+//! Counting: libtest's `test result:` lines, corrected by the skip log the
+//! tests write (`jwtgate_e2e::skip`): a test that could not run here is
+//! counted as skipped, never as passed. Suites run outside cargo test count
+//! as one test each and fail under CI when their tools are missing
+//! (`Tally::outside_cargo`). docs/architecture.md, "Test accounting".
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
