@@ -6,7 +6,7 @@ mod agent;
 mod check;
 mod jwt;
 
-pub use agent::AgentArgs;
+pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use check::CheckArgs;
 pub use jwt::{JwksArgs, JwtArgs};
 
