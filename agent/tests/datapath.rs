@@ -470,11 +470,9 @@ fn every_port_both_families_and_the_passthrough_cannot_be_forged() {
         return;
     }
     if !datapath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "datapath test cannot run: agent built without the eBPF object (CI is set)"
+        jwtgate_e2e::skip(
+            "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
         );
-        eprintln!("\n*** SKIP datapath test: agent built without the eBPF object ***\n");
         return;
     }
     let bpffs = Bpffs {
