@@ -182,11 +182,9 @@ fn steer_guard_fail_closed_fail_open() {
     // CI builds the agent with the object; anywhere else a plain `cargo test`
     // without it is a skip, said out loud.
     if !datapath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "datapath test cannot run: agent built without the eBPF object (CI is set)"
+        jwtgate_e2e::skip(
+            "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
         );
-        eprintln!("\n*** SKIP datapath test: agent built without the eBPF object ***\n");
         return;
     }
 
@@ -472,11 +470,9 @@ fn every_port_both_families_and_the_passthrough_cannot_be_forged() {
         return;
     }
     if !datapath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "datapath test cannot run: agent built without the eBPF object (CI is set)"
+        jwtgate_e2e::skip(
+            "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
         );
-        eprintln!("\n*** SKIP datapath test: agent built without the eBPF object ***\n");
         return;
     }
     let bpffs = Bpffs {

@@ -44,17 +44,7 @@ impl KubeBed {
         };
         let mut node = TestNode::new(tag)?;
         let api = ApiServer::start(bins, &node.dir().join("k8s"))?;
-        let deploy = workspace_root().join("deploy");
-        for file in [
-            "istio-crds/requestauthentications.security.istio.io.yaml",
-            "istio-crds/authorizationpolicies.security.istio.io.yaml",
-            "namespace.yaml",
-            "rbac.yaml",
-        ] {
-            api.apply(&read(&deploy.join(file))?)
-                .with_context(|| format!("applying deploy/{file}"))?;
-        }
-        wait_served(&api)?;
+        install_deploy(&api)?;
         let client = node.add_client("client")?;
         let node_name = format!("{}-node", node.prefix());
         Ok(Some(KubeBed {
@@ -188,6 +178,22 @@ impl KubeBed {
             self.api.log()
         )
     }
+}
+
+/// What the agent needs from deploy/ in a fresh API server: the Istio CRDs
+/// (returns once they are served), the agent's namespace and its RBAC.
+pub fn install_deploy(api: &ApiServer) -> Result<()> {
+    let deploy = workspace_root().join("deploy");
+    for file in [
+        "istio-crds/requestauthentications.security.istio.io.yaml",
+        "istio-crds/authorizationpolicies.security.istio.io.yaml",
+        "namespace.yaml",
+        "rbac.yaml",
+    ] {
+        api.apply(&read(&deploy.join(file))?)
+            .with_context(|| format!("applying deploy/{file}"))?;
+    }
+    wait_served(api)
 }
 
 /// Served by the verifier (it forwards from 127.0.0.6)?

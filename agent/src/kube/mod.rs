@@ -30,7 +30,7 @@ use tracing::{debug, info};
 
 use crate::cli::AgentArgs;
 use crate::enroll::{Inputs, WorkloadSpec};
-use crate::policy::PolicySet;
+use crate::policy::{InForce, PolicyDocument, PolicySet};
 use crate::sources::jwks::FetchOutcome;
 use crds::PolicyKind;
 use events::{PodWarning, PolicyEvents, BAD_PORT_ANNOTATION, NOT_PROTECTED};
@@ -229,7 +229,9 @@ async fn sync(
     mut reports: Reports,
     mut shutdown: chan::Receiver<bool>,
 ) {
-    let mut last_docs: Option<Vec<(String, String)>> = None;
+    let mut last_docs: Option<Vec<PolicyDocument>> = None;
+    // The last-good-version rule, shared with the folder source.
+    let mut in_force = InForce::default();
     let mut last_workloads: Option<Vec<WorkloadSpec>> = None;
     loop {
         tokio::select! {
@@ -253,7 +255,7 @@ async fn sync(
         objects.extend(sources.authz_policies.objects());
         let docs = policies::documents(&objects);
         if last_docs.as_ref() != Some(&docs) {
-            let (set, problems) = policies::parse(&objects, &docs);
+            let (set, problems) = policies::parse(&mut in_force, &objects, &docs);
             events.report(&problems);
             // Before the set goes out: the fetch loop only learns of a URI
             // from it, so its results never precede their users.
