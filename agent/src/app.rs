@@ -68,6 +68,13 @@ async fn run_engine(
         registry.clone(),
         shutdown_rx.clone(),
     ));
+    if let Some(path) = &args.health_socket {
+        tokio::spawn(crate::metrics::serve_unix(
+            path.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
 
     let datapath = Datapath::open(&args.pin_root).with_context(|| {
         format!(

@@ -54,6 +54,11 @@ pub struct AgentArgs {
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
+    /// Also serve /healthz, /readyz and /metrics on this unix socket, for
+    /// probes that must reach this agent and no other (`jwtgate probe`): in
+    /// a surge upgrade two agents share the node's metrics port.
+    #[arg(long, value_name = "PATH")]
+    pub health_socket: Option<PathBuf>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,

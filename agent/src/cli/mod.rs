@@ -52,6 +52,20 @@ pub enum Command {
     DenySource(DenySourceArgs),
     /// Remove a source from the kernel deny list.
     AllowSource(AllowSourceArgs),
+    /// Ask a running agent's health socket (`agent --health-socket`) for
+    /// `/readyz` or `/healthz`: exit 0 on 200. For exec probes, which only
+    /// ever reach the agent of their own pod.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// The agent's `--health-socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Ask `/readyz` instead of `/healthz`.
+    #[arg(long)]
+    pub ready: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +140,17 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::datapath::DenyList::open_pinned(&args.pin_root)
                 .and_then(|mut deny| deny.allow_source(args.source)),
         ),
+        Command::Probe(args) => {
+            let path = if args.ready { "/readyz" } else { "/healthz" };
+            match crate::metrics::probe_unix(&args.socket, path) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("jwtgate: {path} is not 200");
+                    ExitCode::FAILURE
+                }
+                Err(err) => report(Err(err)),
+            }
+        }
     }
 }
 

@@ -10,7 +10,16 @@
 //! links/<key>/steer               sk_lookup link attached to the workload netns
 //! links/<key>/guard-<ifname>      XDP link on each interface inside the netns
 //! links/<key>/listener-<id>/      empty directory recording the listener id
+//! agents/<generation>/            one per running agent; the highest owns the datapath
 //! ```
+//!
+//! Two agents run side by side during a surge upgrade (the new DaemonSet pod
+//! starts before the old one stops). The newer one writes its listeners
+//! over the older's in `VERIFIER_SOCKS` as it enrols, so new connections go
+//! to it at once while the older finishes what it accepted; from then on
+//! only the newer may write steering: an older agent that sees a higher
+//! generation under `agents/` stops writing (`superseded`), or a late
+//! re-enrolment of its own would steal the listeners back.
 //!
 //! Everything the kernel needs outlives the agent process (pins), so a
 //! restarted agent re-adopts links, finds the listener ids again and only has
@@ -71,6 +80,8 @@ const GUARD_PIN_PREFIX: &str = "guard-";
 /// Loaded programs and handles to the pinned maps.
 pub struct Datapath {
     pin_root: PathBuf,
+    /// This agent's generation (`agents/<n>`).
+    generation: u64,
     ebpf: Ebpf,
     mesh: HashMap<MapData, MeshKey, MeshVal>,
     socks: SockHash<MapData, u32>,
@@ -116,8 +127,10 @@ impl Datapath {
         let steer_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_STEER_STATS)?)?;
         let guard_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_GUARD_STATS)?)?;
 
+        let generation = claim_generation(&pin_root.join("agents"))?;
         let mut dp = Datapath {
             pin_root: pin_root.to_path_buf(),
+            generation,
             ebpf,
             mesh,
             socks,
@@ -161,6 +174,7 @@ impl Datapath {
         steering: &Steering<'_>,
         listeners: Listeners<'_>,
     ) -> Result<u32> {
+        self.ensure_owner()?;
         if steering.ips.is_empty() || steering.ports.is_empty() {
             bail!("workload {key}: nothing to enrol (no addresses or no ports)");
         }
@@ -261,8 +275,31 @@ impl Datapath {
         }
     }
 
+    /// This agent's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A newer agent runs on this pin root (surge upgrade): the steering is
+    /// its to write.
+    pub fn superseded(&self) -> bool {
+        newest_generation(&self.pin_root.join("agents")) > self.generation
+    }
+
+    fn ensure_owner(&self) -> Result<()> {
+        if self.superseded() {
+            bail!(
+                "a newer agent (generation {} > {}) owns the steering now",
+                newest_generation(&self.pin_root.join("agents")),
+                self.generation
+            );
+        }
+        Ok(())
+    }
+
     /// Remove the map entries and link pins of a workload. Idempotent.
     pub fn unenrol(&mut self, key: &str) -> Result<()> {
+        self.ensure_owner()?;
         let dir = self.key_dir(key);
         if !dir.exists() {
             return Ok(());
@@ -428,6 +465,47 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // A clean exit gives the generation back (a killed agent leaves it;
+        // only the highest number matters).
+        let _ = std::fs::remove_dir(
+            self.pin_root
+                .join("agents")
+                .join(self.generation.to_string()),
+        );
+    }
+}
+
+/// Take the next generation: `agents/<max + 1>`, created atomically (mkdir
+/// fails if another agent took the same number first: try the next).
+fn claim_generation(dir: &Path) -> Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut n = newest_generation(dir) + 1;
+    loop {
+        match std::fs::create_dir(dir.join(n.to_string())) {
+            Ok(()) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("claiming a generation in {}", dir.display()))
+            }
+        }
+    }
+}
+
+fn newest_generation(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 /// Keys are free-form (`ns/name`), so everything but `[A-Za-z0-9-]` is
@@ -815,6 +893,21 @@ mod tests {
         // The workload's own entries do not count against it.
         let own: Vec<(MeshKey, MeshVal)> = full.iter().map(|(k, _)| (*k, val(1))).collect();
         check_capacity("ns/a", 1, &one, &own).unwrap();
+    }
+
+    #[test]
+    fn generations_increase_and_the_newest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let agents = dir.path().join("agents");
+        let a = claim_generation(&agents).unwrap();
+        let b = claim_generation(&agents).unwrap();
+        assert!(b > a);
+        assert_eq!(newest_generation(&agents), b);
+        std::fs::remove_dir(agents.join(b.to_string())).unwrap();
+        assert_eq!(newest_generation(&agents), a);
+        // Foreign entries are ignored.
+        std::fs::create_dir(agents.join("tmp-x")).unwrap();
+        assert_eq!(claim_generation(&agents).unwrap(), a + 1);
     }
 
     #[test]

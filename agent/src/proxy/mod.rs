@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
@@ -127,27 +128,27 @@ pub async fn serve(
 ) {
     let span = tracing::info_span!("proxy", wl = %workload.key);
     async move {
+        let accept = |stream: TcpStream, peer: SocketAddr, shutdown: &watch::Receiver<bool>| {
+            // The caps come before any other work: over them a connection
+            // costs one RST.
+            let Some(admitted) = shared.limits.admit(peer.ip().to_canonical()) else {
+                reset(stream);
+                return;
+            };
+            workload.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let (workload, shared) = (workload.clone(), shared.clone());
+            let shutdown = shutdown.clone();
+            let guard = drain.clone();
+            tokio::spawn(async move {
+                handle(stream, peer, workload, shared, shutdown).await;
+                drop(admitted);
+                drop(guard);
+            });
+        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // The caps come before any other work: over them
-                        // a connection costs one RST.
-                        let Some(admitted) = shared.limits.admit(peer.ip().to_canonical()) else {
-                            reset(stream);
-                            continue;
-                        };
-                        workload.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        let workload = workload.clone();
-                        let shared = shared.clone();
-                        let shutdown = shutdown.clone();
-                        let guard = drain.clone();
-                        tokio::spawn(async move {
-                            handle(stream, peer, workload, shared, shutdown).await;
-                            drop(admitted);
-                            drop(guard);
-                        });
-                    }
+                    Ok((stream, peer)) => accept(stream, peer, &shutdown),
                     Err(err) => {
                         // EMFILE and friends: back off instead of spinning.
                         warn!(%err, "accept failed");
@@ -156,6 +157,12 @@ pub async fn serve(
                 },
                 _ = shutdown.changed() => break,
             }
+        }
+        // Connections the kernel already queued on this listener (in a
+        // hand-over, those that arrived before the newer agent's listener
+        // replaced ours) are served, not reset by closing it.
+        while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+            accept(stream, peer, &shutdown);
         }
         info!("listener closed");
     }
