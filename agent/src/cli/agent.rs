@@ -73,16 +73,6 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -92,4 +82,7 @@ pub struct AgentArgs {
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
+    /// Automatic bans (`cli/bans.rs`).
+    #[command(flatten)]
+    pub bans: super::BanArgs,
 }

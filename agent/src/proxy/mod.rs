@@ -12,9 +12,9 @@ mod bans;
 mod request;
 mod upstream;
 
-pub use bans::BanTracker;
+pub use bans::{BanConfig, BanRequest, BanScope, BanStats, BanTracker, BAN_QUEUE};
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::authz::PathNormalization;
@@ -37,9 +37,9 @@ pub struct Shared {
     /// The node's verified-token cache, one for every workload.
     pub token_cache: Arc<TokenCache>,
     pub normalization: PathNormalization,
+    /// Counts 401s per source and workload; hands bans to the task that
+    /// writes the kernel maps.
     pub bans: BanTracker,
-    /// Sources to ban in the kernel; the datapath task applies them.
-    pub ban_requests: mpsc::UnboundedSender<IpAddr>,
 }
 
 /// Per-workload request counters, read by the metrics endpoint.

@@ -67,9 +67,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     if !decision.allowed {
         if decision.status == 401 {
             stats.denied_authn.fetch_add(1, Ordering::Relaxed);
-            if ctx.shared.bans.record_failure(ctx.peer.ip()) {
-                let _ = ctx.shared.ban_requests.send(ctx.peer.ip());
-            }
+            ctx.shared
+                .bans
+                .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
         } else {
             stats.denied_authz.fetch_add(1, Ordering::Relaxed);
         }
