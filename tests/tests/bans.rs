@@ -134,8 +134,10 @@ fn ban_is_scoped_to_the_attacked_workload_then_node_wide() -> Result<()> {
     Ok(())
 }
 
-/// A dummy interface in the agent's (host) network namespace carrying one
+/// An interface in the agent's (host) network namespace carrying one
 /// address, so that address is one of "the node's own"; removed on drop.
+/// A veth pair left down: it only has to be listed, not to route (and the
+/// `dummy` driver is not in every kernel).
 struct NodeAddress {
     link: String,
 }
@@ -150,7 +152,8 @@ impl NodeAddress {
             }
             Ok(())
         };
-        ip_cmd(&["link", "add", &link, "type", "dummy"])?;
+        let peer = format!("{link}p");
+        ip_cmd(&["link", "add", &link, "type", "veth", "peer", "name", &peer])?;
         let node = NodeAddress { link };
         ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", &node.link])?;
         Ok(node)
