@@ -74,7 +74,9 @@ fn operator_bans_are_never_evicted() {
             .expect("DENY_SRC pin");
         let mut src: aya::maps::HashMap<_, [u8; 16], DenyVal> =
             aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(map).unwrap()).unwrap();
-        let IpAddr::V6(v6) = legacy else { unreachable!() };
+        let IpAddr::V6(v6) = legacy else {
+            unreachable!()
+        };
         let val = DenyVal {
             expires_ns: 0,
             reason: DENY_REASON_MANUAL,
@@ -113,7 +115,10 @@ fn operator_bans_are_never_evicted() {
             .unwrap();
     }
     for i in [1, DENY_MANUAL_MAX / 2, DENY_MANUAL_MAX - 1] {
-        assert!(deny.has_manual(addr(1, i)).unwrap(), "operator ban {i} evicted");
+        assert!(
+            deny.has_manual(addr(1, i)).unwrap(),
+            "operator ban {i} evicted"
+        );
     }
     assert!(deny.has_manual(legacy).unwrap());
 

@@ -330,15 +330,15 @@ impl JwksStore {
     }
 
     /// The unknown-kid hook: for every jwksUri among `rules`, re-fetch once
-    /// (at most once per `refetch_min_interval` per URI). True when the
+    /// (at most once per `refetch_min_interval` per URI), all at once. True when the
     /// caller should decide again: some set changed, or another request's
     /// re-fetch finished while this one waited.
     pub async fn refetch_for_rules(&self, rules: &[Arc<JwtRule>]) -> bool {
         if !self.options.refetch_on_unknown_kid {
             return false;
         }
-        let mut again = false;
         let mut seen = Vec::new();
+        let mut fetches = Vec::new();
         for rule in rules {
             let JwksSource::Uri(uri) = &rule.jwks else {
                 continue;
@@ -347,9 +347,13 @@ impl JwksStore {
                 continue;
             }
             seen.push(uri);
-            again |= self.refetch(uri, rule.timeout).await;
+            fetches.push(self.refetch(uri, rule.timeout));
         }
-        again
+        // Side by side: a slow provider must not add its wait to another's.
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .any(|changed| changed)
     }
 
     async fn refetch(&self, uri: &str, timeout: Duration) -> bool {
