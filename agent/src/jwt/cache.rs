@@ -7,7 +7,7 @@
 //! that asks (`authn::check_claims`), so the rule of one workload never
 //! leaks into another's decision. Pure: the clock is an argument.
 //!
-//! - Key: the token itself (`Box<str>`), which the issue allows besides a
+//! - Key of verified tokens: the token itself (`Box<str>`), which the issue allows besides a
 //!   SHA-256 digest. The table's hash (ahash, seeded at random per process)
 //!   only chooses the shard and the bucket; an entry is used only when its
 //!   stored token equals the presented one, compared in full. Two different
