@@ -12,13 +12,13 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::cli::AgentArgs;
+use crate::cli::{AgentArgs, ProbeSourcesArg};
 use crate::datapath::{Datapath, DenyList};
 use crate::enroll::{Enroller, Inputs, LiveBackend};
 use crate::jwt::TokenCache;
 use crate::metrics::Registry;
 use crate::netns::Finder;
-use crate::proxy::{BanRequest, BanScope, BanTracker, Shared, BAN_QUEUE};
+use crate::proxy::{BanRequest, BanScope, BanTracker, ProbeSources, Shared, BAN_QUEUE};
 use crate::sources::jwks::JwksStore;
 
 /// Retry delay for workloads that could not be enrolled.
@@ -112,11 +112,22 @@ async fn run_engine(
     )?);
     crate::metrics::set_token_cache(token_cache.clone());
     crate::metrics::set_jwks_store(jwks.clone());
+    let probe_sources = match &args.probe_sources {
+        ProbeSourcesArg::List(list) => ProbeSources::new(list.iter().copied()),
+        ProbeSourcesArg::Auto => {
+            let sources = ProbeSources::default();
+            tokio::spawn(follow_node_addresses(sources.clone(), shutdown_rx.clone()));
+            sources
+        }
+    };
     let shared = Arc::new(Shared {
         jwks: jwks.clone(),
         token_cache,
         normalization: args.path_normalization.into(),
         bans,
+        sniff_timeout: (args.protocol_detection_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.protocol_detection_timeout_ms)),
+        probe_sources,
     });
 
     let policies = inputs.policies.borrow_and_update().clone();
@@ -140,7 +151,6 @@ async fn run_engine(
         fail_open: args.fail_open,
         finder: Finder {
             proc_root: args.host_proc.clone(),
-            netns_dirs: vec![args.netns_dir.clone()],
         },
     };
     let mut enroller = Enroller::new(&args.root_namespace);
@@ -156,8 +166,15 @@ async fn run_engine(
     // closed channel).
     let (mut policies_open, mut workloads_open) = (true, true);
 
+    let mut reported_failures = std::collections::BTreeMap::new();
     loop {
         enroller.reconcile(&mut backend);
+        if let Some(tx) = &inputs.enrolment_failures {
+            if enroller.pending() != &reported_failures {
+                reported_failures = enroller.pending().clone();
+                let _ = tx.send(reported_failures.clone());
+            }
+        }
         let ready = enroller.is_ready() && *jwks_done_rx.borrow();
         if ready != registry.is_ready() {
             registry.set_ready(ready);
@@ -302,5 +319,27 @@ fn raise_open_files_limit() {
             "open files limit (RLIMIT_NOFILE) already at the hard limit"
         ),
         Err(err) => warn!("cannot read the open files limit (RLIMIT_NOFILE): {err}"),
+    }
+}
+
+/// `--probe-sources auto`: the node's addresses (the agent runs in the
+/// node's network namespace), re-read every 10 s so an address added later
+/// (DHCP, a CNI bridge coming up) is recognised.
+async fn follow_node_addresses(sources: ProbeSources, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match crate::netns::own_addresses() {
+            Ok(addresses) => {
+                if addresses != sources.snapshot() {
+                    info!(?addresses, "kubelet probe sources (this node's addresses)");
+                    sources.set(addresses);
+                }
+            }
+            Err(err) => warn!("cannot list this node's addresses for probe sources: {err}"),
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod datapath;
 pub mod enroll;
+pub mod inbound;
 pub mod jwt;
 pub mod kube;
 pub mod metrics;

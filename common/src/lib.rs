@@ -23,8 +23,13 @@ pub const PROG_STEER: &str = "steer";
 pub const PROG_GUARD: &str = "guard";
 
 /// Map capacities.
-pub const MESH_PORTS_MAX: u32 = 4096;
-pub const VERIFIER_SOCKS_MAX: u32 = 1024;
+pub const MESH_PORTS_MAX: u32 = 16384;
+/// Two listeners (IPv4, IPv6) per workload.
+pub const VERIFIER_SOCKS_MAX: u32 = 2048;
+/// `MESH_PORTS` entries one workload may take (addresses × (wildcard +
+/// excluded ports), or addresses × listed ports): one pod with a huge port
+/// list must not fill the node's map and leave the next pod unprotected.
+pub const MESH_ENTRIES_PER_WORKLOAD_MAX: u32 = 256;
 pub const BYPASS_SRC_MAX: u32 = 1024;
 pub const DENY_SRC_MAX: u32 = 65536;
 pub const DENY_FLOW_MAX: u32 = 65536;
@@ -36,11 +41,32 @@ pub const DENY_MANUAL_MAX: u32 = 16384;
 /// `MeshVal::flags`: when no verifier listener exists for the port, let the
 /// connection through to the application instead of refusing it.
 pub const MESH_F_FAIL_OPEN: u32 = 1;
+/// `MeshVal::flags`: the port is excluded from steering (Istio's
+/// `excludeInboundPorts`): connections go straight to the application. Only
+/// meaningful on a port-specific entry, which is looked up before the
+/// workload's wildcard entry.
+pub const MESH_F_EXCLUDED: u32 = 2;
+
+/// `MeshKey::port` of the wildcard entry: every TCP port of the address that
+/// has no entry of its own. Port 0 cannot be connected to, so it never
+/// collides with a real port.
+pub const MESH_PORT_ANY: u16 = 0;
+
+/// Bit set in the `VERIFIER_SOCKS` key of a workload's IPv6 listener: the
+/// IPv4 listener is under `listener_id`, the IPv6 one under
+/// `listener_id | LISTENER_KEY_V6` (sk_lookup only assigns a socket of the
+/// lookup's own family). Listener ids stay below this bit.
+pub const LISTENER_KEY_V6: u32 = 1 << 31;
+
+/// Index of the loopback device in every network namespace (the kernel's
+/// `LOOPBACK_IFINDEX`).
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// IP protocol number of TCP, as in `MeshKey::proto`.
 pub const PROTO_TCP: u8 = 6;
 
-/// Key of `MESH_PORTS`: a pod address and one of its mesh ports.
+/// Key of `MESH_PORTS`: a pod address and one of its ports, or
+/// `MESH_PORT_ANY` for all of them.
 /// `sk_lookup` cannot tell which network namespace it runs in, so the pod IP
 /// (unique on a node) identifies the workload.
 #[repr(C)]
@@ -121,7 +147,9 @@ pub mod steer_stat {
     pub const NO_LISTENER_PASS: u32 = 4;
     /// Source in `DENY_SRC`: refused.
     pub const DENY_SRC_DROP: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Port excluded by annotation: passed to the application.
+    pub const EXCLUDED: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "mesh_hit",
         "steered",
@@ -129,6 +157,7 @@ pub mod steer_stat {
         "no_listener_drop",
         "no_listener_pass",
         "deny_src_drop",
+        "excluded",
     ];
 }
 
@@ -141,15 +170,18 @@ pub mod guard_stat {
     pub const EXPIRED: u32 = 3;
     /// Truncated or unparsable frame (passed on).
     pub const PARSE_ERR: u32 = 4;
+    /// A passthrough source (127.0.0.6, ::6) arriving from outside the pod.
+    pub const DROP_FORGED_PASSTHROUGH: u32 = 5;
     /// Source banned towards this workload address only (`DENY_PAIR`).
-    pub const DROP_PAIR: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const DROP_PAIR: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "drop_src",
         "drop_flow",
         "expired",
         "parse_err",
+        "drop_forged_passthrough",
         "drop_pair",
     ];
 }

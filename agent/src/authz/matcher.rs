@@ -37,6 +37,48 @@ pub fn rule_matches(rule: &Rule, action: Action, a: &Attributes) -> bool {
         && all(&rule.when)
 }
 
+/// Does `rule` match a TCP connection, as Envoy's network RBAC filter that
+/// Istio generates for TCP filter chains sees it (§3.11)? HTTP-only fields
+/// cannot be evaluated on a connection: an ALLOW rule using any of them is
+/// dropped (it matches nothing), a DENY/AUDIT/CUSTOM rule loses just those
+/// fields (so it matches more). `a` carries no HTTP attributes.
+pub fn rule_matches_connection(rule: &Rule, action: Action, a: &Attributes) -> bool {
+    let fields = rule
+        .from
+        .iter()
+        .chain(rule.to.iter())
+        .flatten()
+        .flatten()
+        .chain(&rule.when);
+    if action == Action::Allow && fields.clone().any(|f| is_http_only(&f.attr)) {
+        return false;
+    }
+    let all = |fields: &[FieldMatch]| {
+        fields
+            .iter()
+            .filter(|f| !is_http_only(&f.attr))
+            .all(|f| field_matches(f, action, a))
+    };
+    rule.from.as_ref().is_none_or(|s| s.iter().any(|f| all(f)))
+        && rule.to.as_ref().is_none_or(|o| o.iter().any(|f| all(f)))
+        && all(&rule.when)
+}
+
+/// Attributes that only exist in an HTTP request (Istio's `generator.go`
+/// rejects them for TCP: hosts, methods, paths, requestPrincipals,
+/// request.headers, request.auth.*).
+fn is_http_only(attr: &Attribute) -> bool {
+    matches!(
+        attr,
+        Attribute::RequestPrincipal
+            | Attribute::Path
+            | Attribute::Method
+            | Attribute::Host
+            | Attribute::Header(_)
+            | Attribute::Claim(_)
+    )
+}
+
 fn field_matches(f: &FieldMatch, action: Action, a: &Attributes) -> bool {
     if let Attribute::Absent(_) = f.attr {
         // No value on a plaintext connection: Envoy's positive matcher is

@@ -16,6 +16,7 @@ use crate::policy::WorkloadPolicy;
 
 mod engine;
 mod matcher;
+mod network;
 mod path;
 mod remote;
 
@@ -25,6 +26,7 @@ mod table;
 mod tests;
 
 pub use matcher::Attributes;
+pub use network::{evaluate_connection, Connection};
 pub use path::{normalize as normalize_path, InvalidPath};
 pub use remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 

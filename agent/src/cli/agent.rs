@@ -1,6 +1,6 @@
 //! `jwtgate agent` arguments.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -46,14 +46,11 @@ pub struct AgentArgs {
     /// kubeconfig file for --kube (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
     #[arg(long, value_name = "FILE", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
-    /// The host's /proc (hostPID): where pods' network namespaces are found
+    /// The host's /proc (hostPID): a pod's network namespace is the one its
+    /// processes are in, found by the pod UID in their cgroups
     /// (`/host/proc` in the DaemonSet).
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub host_proc: PathBuf,
-    /// Folder of pinned network namespaces (containerd, CRI-O, `ip netns`),
-    /// searched before --host-proc.
-    #[arg(long, value_name = "DIR", default_value = "/var/run/netns")]
-    pub netns_dir: PathBuf,
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
@@ -73,6 +70,19 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
+    /// How long to wait for a client's first bytes on a port whose protocol
+    /// is not declared (by port name) before taking the connection for a
+    /// server-first TCP protocol such as MySQL or SMTP. 0 waits for ever, as
+    /// Istio does by default (server-first protocols then hang unless
+    /// declared). An HTTP request sent after this is closed, never spliced.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 1000)]
+    pub protocol_detection_timeout_ms: u64,
+    /// Where kubelet probes come from: `auto` (this node's own addresses,
+    /// re-read every 10 s), `none`, or a comma-separated list of addresses.
+    /// Only requests from these sources that match a probe the pod declares
+    /// (port, path, GET) pass without a token.
+    #[arg(long, value_name = "auto|none|IP,...", default_value = "auto", value_parser = parse_probe_sources)]
+    pub probe_sources: ProbeSourcesArg,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -85,4 +95,51 @@ pub struct AgentArgs {
     /// Automatic bans (`cli/bans.rs`).
     #[command(flatten)]
     pub bans: super::BanArgs,
+}
+
+/// `--probe-sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSourcesArg {
+    /// The node's own addresses, followed as they change.
+    Auto,
+    /// Fixed addresses (empty: no probe is recognised).
+    List(Vec<IpAddr>),
+}
+
+fn parse_probe_sources(s: &str) -> Result<ProbeSourcesArg, String> {
+    match s.trim() {
+        "auto" => Ok(ProbeSourcesArg::Auto),
+        "none" | "" => Ok(ProbeSourcesArg::List(Vec::new())),
+        list => list
+            .split(',')
+            .map(|a| {
+                a.trim().parse::<IpAddr>().map_err(|_| {
+                    format!("{a:?} is not an IP address (expected auto, none or addresses)")
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(ProbeSourcesArg::List),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sources_forms() {
+        assert_eq!(parse_probe_sources("auto"), Ok(ProbeSourcesArg::Auto));
+        assert_eq!(
+            parse_probe_sources("none"),
+            Ok(ProbeSourcesArg::List(vec![]))
+        );
+        assert_eq!(
+            parse_probe_sources("10.0.0.1, fd00::1"),
+            Ok(ProbeSourcesArg::List(vec![
+                "10.0.0.1".parse().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]))
+        );
+        assert!(parse_probe_sources("10.0.0.0/8").is_err());
+    }
 }

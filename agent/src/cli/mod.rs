@@ -7,7 +7,7 @@ mod bans;
 mod check;
 mod jwt;
 
-pub use agent::AgentArgs;
+pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
 pub use jwt::{JwksArgs, JwtArgs};

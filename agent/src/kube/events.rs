@@ -17,7 +17,22 @@ pub struct PolicyEvents {
     recorder: Recorder,
     reported: HashSet<(Option<String>, String)>,
     jwks: JwksFailures,
+    /// Pod warnings per reason, reported once while they last.
+    pods: BTreeMap<&'static str, HashSet<(Option<String>, String)>>,
 }
+
+/// Something a pod's owner must fix or know: `kubectl describe pod` shows it.
+#[derive(Debug, Clone)]
+pub struct PodWarning {
+    pub pod: ObjectReference,
+    pub message: String,
+}
+
+/// A port annotation did not parse; every port is steered instead.
+pub const BAD_PORT_ANNOTATION: &str = "InvalidPortAnnotation";
+/// A pod a policy selects could not be enrolled (yet): its traffic is not
+/// verified.
+pub const NOT_PROTECTED: &str = "NotProtected";
 
 impl PolicyEvents {
     pub fn new(client: Client, node: &str) -> PolicyEvents {
@@ -29,6 +44,38 @@ impl PolicyEvents {
             recorder: Recorder::new(client, reporter),
             reported: HashSet::new(),
             jwks: JwksFailures::default(),
+            pods: BTreeMap::new(),
+        }
+    }
+
+    /// The current warnings of kind `reason` (all of them: a warning that
+    /// is gone is forgotten, so it is reported again if it comes back).
+    pub fn pod_warnings(&mut self, reason: &'static str, warnings: &[PodWarning]) {
+        let current: HashSet<(Option<String>, String)> = warnings
+            .iter()
+            .map(|w| (w.pod.uid.clone(), w.message.clone()))
+            .collect();
+        let reported = self.pods.entry(reason).or_default();
+        let fresh: Vec<&PodWarning> = warnings
+            .iter()
+            .filter(|w| !reported.contains(&(w.pod.uid.clone(), w.message.clone())))
+            .collect();
+        *reported = current;
+        for w in fresh {
+            warn!(pod = %describe(&w.pod), reason, "{}", w.message);
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(truncate(&w.message, 1000)),
+                action: if reason == NOT_PROTECTED {
+                    "Enrol"
+                } else {
+                    "SteerAllPorts"
+                }
+                .into(),
+                secondary: None,
+            };
+            self.publish(event, &w.pod);
         }
     }
 

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod policies;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::enroll::{Inputs, WorkloadSpec};
 use crate::policy::PolicySet;
 use crate::sources::jwks::FetchOutcome;
 use crds::PolicyKind;
-use events::PolicyEvents;
+use events::{PodWarning, PolicyEvents, BAD_PORT_ANNOTATION, NOT_PROTECTED};
 use watch::Watched;
 
 /// Changes arriving within this window are applied together.
@@ -94,20 +95,27 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
     let (policies_tx, policies_rx) = chan::channel(Arc::new(PolicySet::default()));
     let (workloads_tx, workloads_rx) = chan::channel(None);
     let (jwks_tx, jwks_rx) = mpsc::unbounded_channel();
+    let (enrolment_tx, enrolment_rx) = mpsc::unbounded_channel();
     let events = PolicyEvents::new(client, &node);
     tokio::spawn(sync(
         sources,
         changed,
-        policies_tx,
-        workloads_tx,
+        Outputs {
+            policies: policies_tx,
+            workloads: workloads_tx,
+        },
         events,
-        jwks_rx,
+        Reports {
+            jwks: jwks_rx,
+            enrolment: enrolment_rx,
+        },
         shutdown,
     ));
     Ok(Inputs {
         policies: policies_rx,
         workloads: workloads_rx,
         jwks_outcomes: Some(jwks_tx),
+        enrolment_failures: Some(enrolment_tx),
     })
 }
 
@@ -127,7 +135,9 @@ impl Sources {
             && self.namespaces.is_synced()
     }
 
-    fn workloads(&self) -> Vec<WorkloadSpec> {
+    /// The candidate pods, and a warning for each whose port annotation
+    /// did not parse.
+    fn workloads(&self) -> (Vec<WorkloadSpec>, Vec<PodWarning>) {
         let opted_out: std::collections::HashSet<String> = self
             .namespaces
             .store
@@ -137,30 +147,86 @@ impl Sources {
             .filter_map(|ns| ns.metadata.name.clone())
             .collect();
         let mut out: Vec<WorkloadSpec> = Vec::new();
+        let mut warnings = Vec::new();
         for pod in self.pods.store.state() {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             match pods::workload(&pod, opted_out.contains(&ns)) {
-                Ok(wl) => out.push(wl),
+                Ok(candidate) => {
+                    if let Some(bad) = candidate.bad_annotation {
+                        warnings.push(PodWarning {
+                            pod: pod_reference(&pod),
+                            message: bad.to_string(),
+                        });
+                    }
+                    out.push(candidate.spec);
+                }
                 Err(why) => {
                     debug!(pod = ?pod.metadata.name, namespace = %ns, ?why, "pod not a candidate")
                 }
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
+        (out, warnings)
     }
+
+    /// `NotProtected` warnings for the pods the engine could not enrol
+    /// (`namespace/name` → error).
+    fn enrolment_warnings(&self, failures: &BTreeMap<String, String>) -> Vec<PodWarning> {
+        self.pods
+            .store
+            .state()
+            .iter()
+            .filter_map(|pod| {
+                let key = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                );
+                let error = failures.get(&key)?;
+                Some(PodWarning {
+                    pod: pod_reference(pod),
+                    message: format!(
+                        "a policy selects this pod but it cannot be enrolled, so its traffic is not verified: {error}"
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+fn pod_reference(pod: &Pod) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// Where the sync task publishes.
+struct Outputs {
+    policies: chan::Sender<Arc<PolicySet>>,
+    workloads: chan::Sender<Option<Vec<WorkloadSpec>>>,
+}
+
+/// What the engine reports back, for Events.
+struct Reports {
+    jwks: mpsc::UnboundedReceiver<FetchOutcome>,
+    enrolment: mpsc::UnboundedReceiver<BTreeMap<String, String>>,
 }
 
 /// Rebuild and publish the inputs after changes; unchanged inputs are not
 /// re-published. JWKS fetch results become Events on the
-/// RequestAuthentications that name the URI.
+/// RequestAuthentications that name the URI; malformed port annotations and
+/// failed enrolments become Events on the pods.
 async fn sync(
     sources: Sources,
     changed: Arc<Notify>,
-    policies_tx: chan::Sender<Arc<PolicySet>>,
-    workloads_tx: chan::Sender<Option<Vec<WorkloadSpec>>>,
+    out: Outputs,
     mut events: PolicyEvents,
-    mut jwks_outcomes: mpsc::UnboundedReceiver<FetchOutcome>,
+    mut reports: Reports,
     mut shutdown: chan::Receiver<bool>,
 ) {
     let mut last_docs: Option<Vec<(String, String)>> = None;
@@ -168,8 +234,13 @@ async fn sync(
     loop {
         tokio::select! {
             _ = changed.notified() => {}
-            Some(outcome) = jwks_outcomes.recv() => {
+            Some(outcome) = reports.jwks.recv() => {
                 events.jwks_outcome(outcome);
+                continue;
+            }
+            Some(failures) = reports.enrolment.recv() => {
+                let warnings = sources.enrolment_warnings(&failures);
+                events.pod_warnings(NOT_PROTECTED, &warnings);
                 continue;
             }
             _ = shutdown.changed() => return,
@@ -193,13 +264,14 @@ async fn sync(
                 authorization_policies = aps,
                 "policies from the API server"
             );
-            let _ = policies_tx.send(Arc::new(set));
+            let _ = out.policies.send(Arc::new(set));
             last_docs = Some(docs);
         }
-        let workloads = sources.workloads();
+        let (workloads, warnings) = sources.workloads();
+        events.pod_warnings(BAD_PORT_ANNOTATION, &warnings);
         if last_workloads.as_ref() != Some(&workloads) {
             info!(candidates = workloads.len(), "pods on this node");
-            let _ = workloads_tx.send(Some(workloads.clone()));
+            let _ = out.workloads.send(Some(workloads.clone()));
             last_workloads = Some(workloads);
         }
     }

@@ -13,8 +13,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use super::{upstream, Shared, Workload};
-use crate::authz::{self, Decision};
+use super::{upstream, Inbound, Shared, Workload};
+use crate::authz::{self, Decision, HeaderEdits};
+use crate::inbound::probes::is_probe_request;
+use crate::policy::WorkloadPolicy;
 use crate::sources::jwks;
 
 /// The proxy's response body: a local reply or the application's streamed body.
@@ -30,6 +32,9 @@ pub struct ConnContext {
     pub original_dst: SocketAddr,
     pub workload: Arc<Workload>,
     pub shared: Arc<Shared>,
+    /// The workload's addresses, protocols and probes when the connection
+    /// started.
+    pub inbound: Arc<Inbound>,
     /// The upstream connection, opened on the first allowed request and
     /// reused while the client keeps its connection alive.
     pub upstream: tokio::sync::Mutex<Option<upstream::Upstream>>,
@@ -37,8 +42,15 @@ pub struct ConnContext {
 
 /// Decide and answer one request.
 pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
-    let view = authz_request(&req, ctx);
     let policy = ctx.workload.policy.borrow().clone();
+    if let Some(decision) = declared_probe(&req, ctx, &policy) {
+        ctx.workload
+            .stats
+            .probes_passed
+            .fetch_add(1, Ordering::Relaxed);
+        return forward(req, &decision, ctx).await;
+    }
+    let view = authz_request(&req, ctx);
     let decide = || {
         authz::evaluate(
             &policy,
@@ -76,7 +88,63 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
         return local_reply(&decision, req.method() == http::Method::HEAD);
     }
     stats.allowed.fetch_add(1, Ordering::Relaxed);
-    let forwarded = match prepare_forward(req, &decision, ctx) {
+    forward(req, &decision, ctx).await
+}
+
+/// A kubelet probe the pod declares, sent from a probe source: it passes
+/// without a token, forwarded exactly as sent, minus the headers jwt_authn
+/// would have set (nobody may smuggle a claim header along with it).
+fn declared_probe(
+    req: &Request<Incoming>,
+    ctx: &ConnContext,
+    policy: &WorkloadPolicy,
+) -> Option<Decision> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if !ctx.shared.probe_sources.contains(ctx.peer.ip())
+        || !is_probe_request(
+            &ctx.inbound.probes,
+            ctx.original_dst.port(),
+            req.method().as_str(),
+            target,
+        )
+    {
+        return None;
+    }
+    let remove = policy
+        .jwt_rules
+        .iter()
+        .flat_map(|r| {
+            r.output_payload_to_header
+                .iter()
+                .chain(r.output_claim_to_headers.iter().map(|(h, _)| h))
+        })
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    Some(Decision {
+        status: 200,
+        allowed: true,
+        body: String::new(),
+        reason: "kubelet probe declared by the pod".into(),
+        principal: None,
+        policy: None,
+        audit: None,
+        www_authenticate: None,
+        forward_path: target.to_string(),
+        headers: HeaderEdits {
+            remove,
+            add: Vec::new(),
+        },
+    })
+}
+
+/// Forward an allowed request and stream the answer back.
+async fn forward(
+    req: Request<Incoming>,
+    decision: &Decision,
+    ctx: &ConnContext,
+) -> Response<ProxyBody> {
+    let stats = &ctx.workload.stats;
+    let forwarded = match prepare_forward(req, decision, ctx) {
         Ok(req) => req,
         Err(err) => {
             debug!(%err, "cannot rewrite the request");

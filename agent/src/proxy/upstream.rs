@@ -1,22 +1,21 @@
 //! The hop from the verifier to the application, inside the workload's
-//! network namespace, from source 127.0.0.6: the `steer` program passes that
-//! source through to the application's own listener instead of steering it
-//! back to us (Istio's inbound passthrough address).
+//! network namespace, from source 127.0.0.6 (IPv4) or ::6 (IPv6, put on the
+//! pod's loopback at enrolment): the `steer` program passes those sources,
+//! over loopback only, to the application's own listener instead of steering
+//! them back to us (Istio's inbound passthrough addresses).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
 
 use super::request::ConnContext;
-
-/// Source address of forwarded connections.
-pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+use crate::netns::{PASSTHROUGH_V4, PASSTHROUGH_V6};
 
 /// An open HTTP/1.1 connection to the application.
 pub struct Upstream {
@@ -32,7 +31,7 @@ pub async fn send(ctx: &ConnContext, req: Request<Incoming>) -> anyhow::Result<R
         None => false,
     };
     if !reusable {
-        *slot = Some(connect(ctx).await?);
+        *slot = Some(connect_http(ctx).await?);
     }
     let up = slot.as_mut().expect("connected above");
     up.sender
@@ -41,7 +40,20 @@ pub async fn send(ctx: &ConnContext, req: Request<Incoming>) -> anyhow::Result<R
         .context("the application closed the connection")
 }
 
-async fn connect(ctx: &ConnContext) -> anyhow::Result<Upstream> {
+async fn connect_http(ctx: &ConnContext) -> anyhow::Result<Upstream> {
+    let stream = connect(ctx).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            debug!(%err, "upstream connection ended");
+        }
+    });
+    Ok(Upstream { sender })
+}
+
+/// A TCP connection to the original destination, from the passthrough
+/// source of its family, made inside the workload's namespace.
+pub async fn connect(ctx: &ConnContext) -> anyhow::Result<TcpStream> {
     let dst = ctx.original_dst;
     // Only socket() must run inside the namespace; bind and connect follow
     // the socket wherever they are called.
@@ -53,21 +65,16 @@ async fn connect(ctx: &ConnContext) -> anyhow::Result<Upstream> {
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         })
         .context("cannot enter the workload's network namespace")??;
-    if dst.is_ipv4() {
-        socket
-            .bind(SocketAddr::V4(SocketAddrV4::new(PASSTHROUGH_SOURCE, 0)))
-            .context("cannot bind 127.0.0.6")?;
-    }
+    let source = match dst {
+        SocketAddr::V4(_) => SocketAddr::from((PASSTHROUGH_V4, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((PASSTHROUGH_V6, 0)),
+    };
+    socket
+        .bind(source)
+        .with_context(|| format!("cannot bind the passthrough source {}", source.ip()))?;
     socket.set_nodelay(true)?;
-    let stream = socket
+    socket
         .connect(dst)
         .await
-        .with_context(|| format!("cannot connect to the application at {dst}"))?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(err) = conn.await {
-            debug!(%err, "upstream connection ended");
-        }
-    });
-    Ok(Upstream { sender })
+        .with_context(|| format!("cannot connect to the application at {dst}"))
 }
