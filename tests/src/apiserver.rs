@@ -338,6 +338,16 @@ impl ApiServer {
         Ok(())
     }
 
+    /// The UID the API server gave the Pod.
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> Result<String> {
+        let client = self.client()?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, namespace);
+        let pod = self.rt.block_on(pods.get(name))?;
+        pod.metadata
+            .uid
+            .with_context(|| format!("pod {namespace}/{name} has no uid"))
+    }
+
     /// Events (events.k8s.io) about the object `name`.
     pub fn events(
         &self,

@@ -47,8 +47,8 @@ pub struct EchoApp {
 }
 
 impl EchoApp {
-    /// Binds `0.0.0.0:<port>` for every port inside the namespace at `netns`; ready
-    /// (listening) when this returns.
+    /// Binds `[::]:<port>` (both families) for every port inside the namespace at
+    /// `netns`; ready (listening) when this returns.
     pub fn start(netns: &Path, name: &str, ports: &[u16]) -> Result<Self> {
         let ports = ports.to_vec();
         // Listeners are created inside the pod netns; the accept threads can then run
@@ -57,7 +57,7 @@ impl EchoApp {
             ports
                 .iter()
                 .map(|p| {
-                    let l = TcpListener::bind(("0.0.0.0", *p))
+                    let l = TcpListener::bind(("::", *p))
                         .with_context(|| format!("binding the echo app to port {p}"))?;
                     l.set_nonblocking(true)?;
                     Ok(l)
@@ -147,7 +147,9 @@ fn serve(
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    let local = stream.local_addr()?;
+    // IPv4 clients of the dual-stack socket, in their IPv4 spelling.
+    let local = canonical_addr(stream.local_addr()?);
+    let peer = canonical_addr(peer);
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -235,6 +237,10 @@ fn canonical(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 #[cfg(test)]

@@ -15,14 +15,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{binary, workspace_root};
 use crate::apiserver::{require_binaries, ApiServer};
+use crate::sandbox::Sandbox;
 use crate::topology::{Client, PodHandle, PodSpec, TestNode};
 use crate::Response;
 
 /// How long a change may take to show in the answers (the goal is < 1 s).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The test bed. Fields drop in order: node (agent first), then the servers.
+/// The test bed. Fields drop in order: the pods' sandbox processes, the node
+/// (agent first), then the servers.
 pub struct KubeBed {
+    sandboxes: Vec<Sandbox>,
     pub node: TestNode,
     pub api: ApiServer,
     pub client: Client,
@@ -55,6 +58,7 @@ impl KubeBed {
         let client = node.add_client("client")?;
         let node_name = format!("{}-node", node.prefix());
         Ok(Some(KubeBed {
+            sandboxes: Vec::new(),
             node,
             api,
             client,
@@ -73,11 +77,35 @@ impl KubeBed {
         self.apply_pod(&pod, &pod.spec.labels)?;
         self.api
             .set_pod_ip(&pod.spec.namespace, &pod.spec.name, &pod.ip.to_string())?;
+        self.start_sandbox(&pod)?;
         Ok(pod)
+    }
+
+    /// The pod's "pause process": what the agent finds the pod's netns by.
+    /// Call again after re-creating the Pod object (a new UID).
+    pub fn start_sandbox(&mut self, pod: &PodHandle) -> Result<()> {
+        let uid = self.api.pod_uid(&pod.spec.namespace, &pod.spec.name)?;
+        let sandbox = Sandbox::start(&pod.netns, self.node.prefix(), &uid)?;
+        self.sandboxes.push(sandbox);
+        Ok(())
     }
 
     /// (Re)apply the Pod object with these labels.
     pub fn apply_pod(&self, pod: &PodHandle, labels: &[(String, String)]) -> Result<()> {
+        self.apply_pod_annotated(pod, labels, &[])
+    }
+
+    /// (Re)apply the Pod object with these labels and annotations.
+    pub fn apply_pod_annotated(
+        &self,
+        pod: &PodHandle,
+        labels: &[(String, String)],
+        annotations: &[(&str, &str)],
+    ) -> Result<()> {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone().into()))
@@ -90,7 +118,7 @@ impl KubeBed {
             .collect();
         let obj = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels},
+            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels, "annotations": annotations},
             "spec": {"nodeName": self.node_name, "containers": [
                 {"name": "app", "image": "example.invalid/echo", "ports": ports}]}
         });

@@ -93,6 +93,24 @@ impl Registry {
                 );
             }
         }
+        out.push_str("# HELP jwtgate_inbound_events_total What happened to connections before or instead of an HTTP decision.\n");
+        out.push_str("# TYPE jwtgate_inbound_events_total counter\n");
+        for (key, stats) in &wls {
+            for (event, value) in [
+                ("probe_passed", &stats.probes_passed),
+                ("refused_direct", &stats.refused_direct),
+                ("tcp_allowed", &stats.tcp_allowed),
+                ("tcp_denied", &stats.tcp_denied),
+                ("late_http_closed", &stats.late_http_closed),
+                ("h2_refused", &stats.h2_refused),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "jwtgate_inbound_events_total{{workload=\"{key}\",event=\"{event}\"}} {}",
+                    value.load(Ordering::Relaxed)
+                );
+            }
+        }
         out.push_str("# HELP jwtgate_connections_total Connections accepted by the verifier.\n");
         out.push_str("# TYPE jwtgate_connections_total counter\n");
         for (key, stats) in &wls {

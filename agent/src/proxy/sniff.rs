@@ -2,10 +2,10 @@
 //! from the bytes; this reads them). A port declared TCP is spliced at once;
 //! a port declared HTTP is read until HTTP/1 and HTTP/2 can be told apart;
 //! an undeclared port is read until the bytes say, or until the detection
-//! timeout when the client sends nothing: then the connection is taken for
-//! a server-first protocol (MySQL, SMTP…), and its first client bytes are
-//! checked later (`tcp`), so waiting out the timeout cannot smuggle an HTTP
-//! request past the HTTP policies.
+//! timeout: then the connection is taken for TCP (a server-first protocol
+//! such as MySQL or SMTP, or a client-first one whose first message is
+//! short), and `tcp` goes on classifying its bytes as they pass, so waiting
+//! out the timeout cannot smuggle an HTTP request past the HTTP policies.
 //!
 //! The bytes read are not lost: HTTP gets them back through [`Prefixed`],
 //! TCP writes them to the application first.
@@ -76,16 +76,18 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             Some(deadline) => {
                 match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
                     Ok(read) => read,
-                    // Nothing yet: a server-first protocol. Something that could
-                    // still become a request line: HTTP (never TCP).
-                    Err(_) if buf.is_empty() => {
+                    // Nothing yet (a server-first protocol), or bytes that
+                    // are still neither (a short client-first message):
+                    // TCP, as Envoy falls back on its listener-filter
+                    // timeout, but watched until its first bytes can be
+                    // classified (`tcp`).
+                    Err(_) => {
                         return Ok(Classified::Tcp {
                             stream,
                             first: buf,
                             late: true,
                         })
                     }
-                    Err(_) => return Ok(Classified::Http1(Prefixed::new(buf, stream))),
                 }
             }
         };

@@ -3,11 +3,14 @@
 //! spliced to the application byte for byte. A denied connection is reset.
 //! A declared TCP probe from a probe source passes without policy.
 //!
-//! A connection classified as TCP only because the client stayed silent
-//! until the detection timeout (`late`) is watched once more: if its first
-//! bytes turn out to be an HTTP request, it is closed. Otherwise a client
-//! could wait out the timeout and send HTTP that no HTTP policy (jwt_authn's
-//! header sanitising included) ever saw.
+//! A connection classified as TCP only because the detection timed out
+//! (`late`) is watched as its first bytes pass: each chunk is forwarded only
+//! while the bytes so far are not yet an HTTP request line (or the HTTP/2
+//! preface); the chunk that would complete one closes the connection
+//! instead, so the application never receives a whole request line. Without
+//! this, a client could wait out the timeout (or send half a request line
+//! before it) and then send HTTP that no HTTP policy — jwt_authn's header
+//! sanitising included — ever saw.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -73,19 +76,12 @@ async fn splice(client: TcpStream, app: TcpStream, first: Vec<u8>, late: bool) -
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut app_rx, mut app_tx) = app.into_split();
     let to_app = async {
-        let mut head = first;
+        app_tx.write_all(&first).await?;
         if late {
             // The server may greet first; meanwhile the other direction
-            // runs, so this only waits for the client.
-            head = first_bytes(&mut client_rx).await?;
-            if matches!(sniff(&head), Sniffed::Http1 | Sniffed::Http2) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "an HTTP request on a connection taken for TCP",
-                ));
-            }
+            // runs, so this only holds up what the client sends.
+            forward_unless_http(first, &mut client_rx, &mut app_tx).await?;
         }
-        app_tx.write_all(&head).await?;
         tokio::io::copy(&mut client_rx, &mut app_tx).await?;
         app_tx.shutdown().await
     };
@@ -97,18 +93,32 @@ async fn splice(client: TcpStream, app: TcpStream, first: Vec<u8>, late: bool) -
     tokio::try_join!(to_app, to_client).map(|_| ())
 }
 
-/// The client's first bytes, read until they can be classified (at most
-/// `SNIFF_MAX`), or until the client half-closes.
-async fn first_bytes(rx: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+/// Forward the client's bytes chunk by chunk while `seen` plus them could
+/// still become an HTTP request line; stop watching once they cannot (or
+/// the client half-closes). A chunk that makes them HTTP is not forwarded:
+/// `InvalidData`.
+async fn forward_unless_http(
+    mut seen: Vec<u8>,
+    rx: &mut tokio::net::tcp::OwnedReadHalf,
+    tx: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> io::Result<()> {
     let mut chunk = vec![0u8; 4096];
-    loop {
-        let n = rx
-            .read(&mut chunk[..(SNIFF_MAX - buf.len()).min(4096)])
-            .await?;
-        buf.extend_from_slice(&chunk[..n]);
-        if n == 0 || sniff(&buf) != Sniffed::NeedMore {
-            return Ok(buf);
+    while sniff(&seen) == Sniffed::NeedMore {
+        // Never more than SNIFF_MAX in total: at that size a plausible
+        // request line counts as HTTP.
+        let room = (SNIFF_MAX - seen.len()).min(chunk.len());
+        let n = rx.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            return Ok(());
         }
+        seen.extend_from_slice(&chunk[..n]);
+        if matches!(sniff(&seen), Sniffed::Http1 | Sniffed::Http2) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an HTTP request on a connection taken for TCP",
+            ));
+        }
+        tx.write_all(&chunk[..n]).await?;
     }
+    Ok(())
 }
