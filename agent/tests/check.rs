@@ -79,6 +79,9 @@ spec:
 fn check(dir: &Path, args: &[&str]) -> (i32, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
         .arg("check")
+        // The test's JWKS server is on loopback, refused by default.
+        .arg("--jwks-allow-cidr")
+        .arg("127.0.0.0/8")
         .arg("--policies")
         .arg(dir)
         .args(args)

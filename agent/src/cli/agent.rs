@@ -75,16 +75,6 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
     /// How long to wait for a client's first bytes on a port whose protocol
     /// is not declared (by port name) before taking the connection for a
     /// server-first TCP protocol such as MySQL or SMTP. 0 waits for ever, as
@@ -133,6 +123,9 @@ pub struct AgentArgs {
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
+    /// Automatic bans (`cli/bans.rs`).
+    #[command(flatten)]
+    pub bans: super::BanArgs,
 }
 
 /// `--probe-sources`.

@@ -41,8 +41,9 @@ use aya::programs::links::FdLink;
 use aya::programs::{SkLookup, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use jwtgate_common::{
-    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, LISTENER_KEY_V6,
-    MAP_BYPASS_SRC, MAP_DENY_FLOW, MAP_DENY_SRC, MAP_GUARD_STATS, MAP_MESH_PORTS, MAP_STEER_STATS,
+    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, PairKey,
+    DENY_MANUAL_MAX, DENY_REASON_MANUAL, LISTENER_KEY_V6, MAP_BYPASS_SRC, MAP_DENY_FLOW,
+    MAP_DENY_MANUAL, MAP_DENY_PAIR, MAP_DENY_SRC, MAP_GUARD_STATS, MAP_MESH_PORTS, MAP_STEER_STATS,
     MAP_VERIFIER_SOCKS, MESH_ENTRIES_PER_WORKLOAD_MAX, MESH_F_EXCLUDED, MESH_F_FAIL_OPEN,
     MESH_PORTS_MAX, MESH_PORT_ANY, PROG_GUARD, PROG_STEER, PROTO_TCP,
 };
@@ -335,8 +336,13 @@ impl Datapath {
             (&self.guard_stats, &guard_stat::NAMES[..]),
         ] {
             for (i, name) in names.iter().enumerate() {
-                let per_cpu = map.get(&(i as u32), 0).context("reading counters")?;
-                out.push((*name, per_cpu.iter().sum()));
+                // A counter array pinned by an older agent may be shorter
+                // (counters are only ever appended): report what it has.
+                match map.get(&(i as u32), 0) {
+                    Ok(per_cpu) => out.push((*name, per_cpu.iter().sum())),
+                    Err(MapError::OutOfBounds { .. }) => {}
+                    Err(e) => return Err(e).context("reading counters"),
+                }
             }
         }
         Ok(out)
@@ -543,8 +549,16 @@ fn unescape_key(name: &str) -> Option<String> {
 
 /// Map access without loading programs: for the `jwtgate deny-source` CLI and
 /// the proxy's bans. Needs the maps pinned by a running (or earlier) agent.
+///
+/// Three kinds of ban, three maps (docs/bans.md):
+/// - operator bans (`DENY_REASON_MANUAL`) go to `DENY_MANUAL`, a plain hash:
+///   nothing evicts them, and a full map refuses a new one with an error;
+/// - automatic source-wide bans go to `DENY_SRC` (LRU);
+/// - automatic bans scoped to one workload address go to `DENY_PAIR` (LRU).
 pub struct DenyList {
+    manual: HashMap<MapData, [u8; 16], DenyVal>,
     src: HashMap<MapData, [u8; 16], DenyVal>,
+    pair: HashMap<MapData, PairKey, DenyVal>,
     flow: HashMap<MapData, FlowKey, DenyVal>,
 }
 
@@ -562,22 +576,105 @@ impl DenyList {
             Ok(Map::from_map_data(data)?)
         };
         Ok(DenyList {
+            manual: HashMap::try_from(open(MAP_DENY_MANUAL)?)?,
             src: HashMap::try_from(open(MAP_DENY_SRC)?)?,
+            pair: HashMap::try_from(open(MAP_DENY_PAIR)?)?,
             flow: HashMap::try_from(open(MAP_DENY_FLOW)?)?,
         })
     }
 
-    /// Ban `src` for `ttl` (`None` = forever): expiry = `CLOCK_MONOTONIC`
-    /// now + ttl, the clock the programs compare against.
+    /// Ban `src` from every workload for `ttl` (`None` = forever): expiry =
+    /// `CLOCK_MONOTONIC` now + ttl, the clock the programs compare against.
+    /// A `DENY_REASON_MANUAL` ban is an operator's and is never evicted;
+    /// any other reason is an automatic ban in the LRU map.
     pub fn deny_source(&mut self, src: IpAddr, ttl: Option<Duration>, reason: u32) -> Result<()> {
         let val = deny_val(ttl, reason)?;
-        self.src
-            .insert(addr16(src), val, 0)
-            .with_context(|| format!("inserting {src} into {MAP_DENY_SRC}"))
+        if reason != DENY_REASON_MANUAL {
+            return self
+                .src
+                .insert(addr16(src), val, 0)
+                .with_context(|| format!("inserting {src} into {MAP_DENY_SRC}"));
+        }
+        match self.manual.insert(addr16(src), val, 0) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                bail!(
+                    "{MAP_DENY_MANUAL} is full ({DENY_MANUAL_MAX} bans): lift some with \
+                     `jwtgate allow-source` first; no ban was evicted"
+                )
+            }
+            Err(e) => Err(e).with_context(|| format!("inserting {src} into {MAP_DENY_MANUAL}")),
+        }
     }
 
+    /// Ban every packet from `src` to the workload address `dst` (any
+    /// protocol, any port) for `ttl`; other workloads still see `src`.
+    pub fn deny_pair(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ttl: Option<Duration>,
+        reason: u32,
+    ) -> Result<()> {
+        let val = deny_val(ttl, reason)?;
+        self.pair
+            .insert(pair_key(src, dst), val, 0)
+            .with_context(|| format!("inserting {src}->{dst} into {MAP_DENY_PAIR}"))
+    }
+
+    /// Lift every ban of `src`: operator, source-wide and scoped.
     pub fn allow_source(&mut self, src: IpAddr) -> Result<()> {
-        remove_ignoring_missing(self.src.remove(&addr16(src)))
+        let key = addr16(src);
+        remove_ignoring_missing(self.manual.remove(&key))?;
+        remove_ignoring_missing(self.src.remove(&key))?;
+        let pairs: Vec<PairKey> = self
+            .pair
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.saddr == key)
+            .collect();
+        for k in pairs {
+            remove_ignoring_missing(self.pair.remove(&k))?;
+        }
+        Ok(())
+    }
+
+    pub fn allow_pair(&mut self, src: IpAddr, dst: IpAddr) -> Result<()> {
+        remove_ignoring_missing(self.pair.remove(&pair_key(src, dst)))
+    }
+
+    /// Whether `src` has an operator ban (expired or not).
+    pub fn has_manual(&self, src: IpAddr) -> Result<bool> {
+        match self.manual.get(&addr16(src), 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Operator bans that an agent before `DENY_MANUAL` existed wrote into
+    /// the LRU `DENY_SRC` are copied to `DENY_MANUAL`, where nothing can
+    /// evict them. Returns how many were copied.
+    pub fn adopt_manual_bans(&mut self) -> Result<usize> {
+        let legacy: Vec<([u8; 16], DenyVal)> = self
+            .src
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| v.reason == DENY_REASON_MANUAL)
+            .collect();
+        let mut copied = 0;
+        for (key, val) in legacy {
+            if self.manual.get(&key, 0).is_err() {
+                self.manual
+                    .insert(key, val, 0)
+                    .with_context(|| format!("copying a manual ban into {MAP_DENY_MANUAL}"))?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
     }
 
     /// Ban one TCP flow `src:sport → dst:dport` (e.g. a connection the
@@ -601,6 +698,13 @@ impl DenyList {
         dst: std::net::SocketAddr,
     ) -> Result<()> {
         remove_ignoring_missing(self.flow.remove(&flow_key(src, dst)))
+    }
+}
+
+fn pair_key(src: IpAddr, dst: IpAddr) -> PairKey {
+    PairKey {
+        saddr: addr16(src),
+        daddr: addr16(dst),
     }
 }
 

@@ -18,9 +18,11 @@ use tracing::{info, warn};
 
 use crate::proxy::WorkloadStats;
 
+mod bans;
 mod jwks;
 mod token_cache;
-pub use jwks::record_jwks_fetch;
+pub use bans::set_ban_tracker;
+pub use jwks::{record_jwks_fetch, retain_jwks_uris, set_jwks_store};
 pub use token_cache::set_token_cache;
 
 /// Kernel counters, summed over CPUs: `(name, value)`.
@@ -132,9 +134,34 @@ impl Registry {
         }
         jwks::render(&mut out);
         token_cache::render(&mut out);
+        bans::render(&mut out);
+        gauges(
+            &mut out,
+            &[(
+                "open_files_limit",
+                "The process's RLIMIT_NOFILE soft limit (raised to the hard limit at start).",
+                open_files_limit(),
+            )],
+        );
         let _ = writeln!(out, "jwtgate_ready {}", u8::from(self.is_ready()));
         out
     }
+}
+
+/// `# HELP`, `# TYPE gauge` and the value of each `(name, help, value)`,
+/// names prefixed with `jwtgate_`.
+pub(crate) fn gauges(out: &mut String, gauges: &[(&str, &str, u64)]) {
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP jwtgate_{name} {help}");
+        let _ = writeln!(out, "# TYPE jwtgate_{name} gauge");
+        let _ = writeln!(out, "jwtgate_{name} {value}");
+    }
+}
+
+fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(0)
 }
 
 /// Bind the endpoint now (so a bad address fails start-up) and serve it

@@ -23,7 +23,7 @@ mod sniff;
 mod tcp;
 mod upstream;
 
-pub use bans::BanTracker;
+pub use bans::{BanConfig, BanRequest, BanScope, BanStats, BanTracker, BAN_QUEUE};
 pub use http::Timeouts;
 pub use limits::ConnectionLimits;
 pub use probe_sources::ProbeSources;
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::authz::PathNormalization;
@@ -52,9 +52,9 @@ pub struct Shared {
     /// The node's verified-token cache, one for every workload.
     pub token_cache: Arc<TokenCache>,
     pub normalization: PathNormalization,
+    /// Counts 401s per source and workload; hands bans to the task that
+    /// writes the kernel maps.
     pub bans: BanTracker,
-    /// Sources to ban in the kernel; the datapath task applies them.
-    pub ban_requests: mpsc::UnboundedSender<IpAddr>,
     /// How long to wait for a client's first bytes on a port without a
     /// declared protocol before taking the connection for a server-first
     /// TCP protocol; `None` waits for ever (Istio's default).

@@ -98,9 +98,9 @@ async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Respons
     if !decision.allowed {
         if decision.status == 401 {
             stats.denied_authn.fetch_add(1, Ordering::Relaxed);
-            if ctx.shared.bans.record_failure(ctx.peer.ip()) {
-                let _ = ctx.shared.ban_requests.send(ctx.peer.ip());
-            }
+            ctx.shared
+                .bans
+                .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
         } else {
             stats.denied_authz.fetch_add(1, Ordering::Relaxed);
         }
