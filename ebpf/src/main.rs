@@ -211,7 +211,7 @@ fn try_steer(ctx: &SkLookupContext) -> u32 {
 
     // Second line of defence for bans: XDP drops the SYN silently, but where
     // XDP could not be attached this still refuses the connection (RST).
-    if src_denied(&remote) == Some(true) {
+    if src_denied(&remote) == Some(true) || pair_denied(&remote, &local) == Some(true) {
         count(&STEER_STATS, steer_stat::DENY_SRC_DROP);
         return sk_action::SK_DROP;
     }

@@ -413,12 +413,12 @@ impl Datapath {
     fn attach_steer(&mut self, dir: &Path, netns: &File) -> Result<()> {
         let pin = dir.join(STEER_PIN);
         let ino = sys::netns_inode(netns)?;
+        let prog: &mut SkLookup = program(&mut self.ebpf, PROG_STEER)?.try_into()?;
         if let Some(t) = sys::pinned_link_target(&pin)? {
             if u64::from(t.target) == ino {
-                return Ok(());
+                return adopt(&t, prog.info()?.id(), prog.fd()?.as_fd(), &pin);
             }
         }
-        let prog: &mut SkLookup = program(&mut self.ebpf, PROG_STEER)?.try_into()?;
         let link_id = prog.attach(netns.as_fd())?;
         let link = FdLink::from(prog.take_link(link_id)?);
         pin_replacing(link, &pin)
@@ -428,6 +428,7 @@ impl Datapath {
     /// mode first (native on veth), generic (skb) mode as the fallback.
     fn attach_guard(&mut self, dir: &Path, netns: &File) -> Result<()> {
         let prog: &mut Xdp = program(&mut self.ebpf, PROG_GUARD)?.try_into()?;
+        let prog_id = prog.info()?.id();
         // Interface names and ifindexes only mean something inside the netns,
         // and the kernel resolves the attach ifindex in the caller's netns.
         let attached: Vec<String> = sys::in_netns(netns, || -> Result<Vec<String>> {
@@ -437,6 +438,7 @@ impl Datapath {
                 names.push(ifname.clone());
                 if let Some(t) = sys::pinned_link_target(&pin)? {
                     if t.target == ifindex {
+                        adopt(&t, prog_id, prog.fd()?.as_fd(), &pin)?;
                         continue;
                     }
                     // Stale (device gone or recreated): drop it first, an
@@ -512,6 +514,17 @@ fn newest_generation(dir: &Path) -> u64 {
                 .unwrap_or(0)
         })
         .unwrap_or(0)
+}
+
+/// Keep a pinned link attached where it is; if it runs another instance of
+/// the program (an earlier agent's, perhaps older code), switch it to ours
+/// atomically, so an upgrade reaches every pod it re-adopts.
+fn adopt(link: &sys::LinkTarget, prog_id: u32, prog: BorrowedFd<'_>, pin: &Path) -> Result<()> {
+    if link.prog_id != prog_id {
+        sys::link_update(link.fd.as_fd(), prog)
+            .with_context(|| format!("switching {} to this agent's program", pin.display()))?;
+    }
+    Ok(())
 }
 
 /// Keys are free-form (`ns/name`), so everything but `[A-Za-z0-9-]` is
