@@ -32,6 +32,9 @@ pub struct Loaded {
     /// Problems found (each names file, resource and field), then one line
     /// per resource or file kept at its last good version.
     pub errors: Vec<String>,
+    /// The files of this load that could not be used at all (not valid
+    /// YAML, unreadable): `jwtgate check` refuses to decide without them.
+    pub unusable_files: Vec<PolicyError>,
 }
 
 impl PolicyDir {
@@ -78,7 +81,12 @@ impl PolicyDir {
         }
         self.stamps = stamps;
         self.in_force = Some(set.clone());
-        Ok(Loaded { set, errors })
+        let unusable_files = problems.into_iter().filter(|p| p.whole_file).collect();
+        Ok(Loaded {
+            set,
+            errors,
+            unusable_files,
+        })
     }
 
     fn scan(&self) -> anyhow::Result<BTreeMap<PathBuf, Stamp>> {
