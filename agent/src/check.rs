@@ -113,7 +113,7 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
     // its own authority.
     let request = authz::Request {
         method: args.method.clone(),
-        path: admitted.target.into_owned(),
+        path: admitted.target.to_owned(),
         host: admitted.authority.into_owned(),
         headers,
         source_ip: args.source_ip,

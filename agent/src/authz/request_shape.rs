@@ -99,7 +99,7 @@ pub struct Admitted<'a> {
     pub authority: Cow<'a, str>,
     /// The origin-form target (path plus query) to evaluate
     /// (`authz::Request::path`) and forward.
-    pub target: Cow<'a, str>,
+    pub target: &'a str,
 }
 
 /// Envoy's local reply for a request it refuses before any filter.
@@ -214,10 +214,7 @@ pub fn admit<'a>(
         // "only relative paths at the application layer".
         return Err(LocalReply::manager(404, "absolute_path", false));
     }
-    Ok(Admitted {
-        authority,
-        target: Cow::Borrowed(target),
-    })
+    Ok(Admitted { authority, target })
 }
 
 /// The size of a request head as Envoy's HTTP/1 parser counts it against
@@ -571,7 +568,7 @@ mod tests {
                 accept_http_10: case.accept_http_10,
             };
             let got = admit(&head, options)
-                .map(|a| (a.authority.into_owned(), a.target.into_owned()))
+                .map(|a| (a.authority.into_owned(), a.target.to_owned()))
                 .map_err(|r| (r.status, r.body));
             let want = case.want.map(|(a, t)| (a.to_owned(), t.to_owned()));
             if got != want {

@@ -139,7 +139,7 @@ pub fn bypass(rules: &[Arc<JwtRule>]) -> AuthnOutcome {
 /// decides: its token headers/parameters are consumed (unless
 /// `forwardOriginalToken`), its output headers written, its last token is
 /// the identity. Later providers are not run at all. When none verifies,
-/// the errors are aggregated (`combine`).
+/// the errors are aggregated (`aggregate`).
 pub fn authenticate(
     rules: &[Arc<JwtRule>],
     headers: &[(String, String)],
@@ -152,7 +152,7 @@ pub fn authenticate(
         remove_headers: spoofable_headers(rules),
         ..AuthnEdits::default()
     };
-    let mut errors = Vec::with_capacity(rules.len());
+    let mut failures = Failures::default();
     for rule in rules {
         let verified = verify_provider(
             rule,
@@ -178,39 +178,51 @@ pub fn authenticate(
                     edits,
                 };
             }
-            Err(e) => errors.push(e),
+            Err(e) => failures.note(e),
         }
     }
     AuthnOutcome {
-        result: combine(&errors).map(|()| None),
+        result: failures.outcome().map(|()| None),
         edits,
     }
 }
 
-/// §2.2 requirement when no provider verified: one provider =
-/// `requires_any[p0, allow_missing]`; N ≥ 2 =
-/// `requires_any[p0..pN-1, requires_all[requires_any[pi, allow_missing]…]]`.
-/// Both reduce to: OK if every provider found no token; otherwise the
-/// aggregated error.
-fn combine(errors: &[JwtError]) -> Result<(), JwtError> {
-    // requires_any aggregation: a "real" error beats UnknownIssuer, which
-    // beats Missing; the requires_all child only repeats a provider error.
-    let mut agg = JwtError::Missing;
-    for e in errors {
-        match e {
-            JwtError::Missing => {}
-            JwtError::UnknownIssuer => agg = JwtError::UnknownIssuer,
-            other => {
-                agg = *other;
-                break;
-            }
+/// The provider errors of a request no provider verified, reduced as
+/// Istio's requirement reduces them (§2.2): one provider =
+/// `requires_any[p0, allow_missing]`; N ≥ 2 = `requires_any[p0..pN-1,
+/// requires_all[requires_any[pi, allow_missing]…]]`. Envoy's `requires_any`
+/// aggregation (`AnyVerifierImpl::onComplete`) walks its children in order:
+/// a "real" error (neither missing nor unknown issuer) always replaces the
+/// result, an unknown issuer only replaces "missing". The last child,
+/// `requires_all`, fails with the first provider error that is not
+/// "missing". So: when that first error is real it is the answer; otherwise
+/// the last real error, else unknown issuer; all missing is success
+/// (`allow_missing`). Tracked as the errors come, without a list.
+#[derive(Default)]
+struct Failures {
+    /// The first error that is not `Missing`.
+    first: Option<JwtError>,
+    /// The last error that is neither `Missing` nor `UnknownIssuer`.
+    last_real: Option<JwtError>,
+}
+
+impl Failures {
+    fn note(&mut self, e: JwtError) {
+        if e == JwtError::Missing {
+            return;
+        }
+        self.first.get_or_insert(e);
+        if e != JwtError::UnknownIssuer {
+            self.last_real = Some(e);
         }
     }
-    // allow_missing turns an all-missing outcome into success.
-    if agg == JwtError::Missing {
-        Ok(())
-    } else {
-        Err(agg)
+
+    fn outcome(self) -> Result<(), JwtError> {
+        match self.first {
+            None => Ok(()),
+            Some(JwtError::UnknownIssuer) => Err(self.last_real.unwrap_or(JwtError::UnknownIssuer)),
+            Some(real) => Err(real),
+        }
     }
 }
 
