@@ -143,6 +143,7 @@ async fn run_engine(
             stream_idle: Duration::from_secs(args.stream_idle_timeout_secs),
             drain_grace: Duration::from_millis(args.drain_grace_ms),
         },
+        accept_http_10: args.accept_http10,
         limits: ConnectionLimits::new(args.max_connections, args.max_connections_per_source),
     });
 

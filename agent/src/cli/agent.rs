@@ -114,6 +114,10 @@ pub struct AgentArgs {
     /// response with `Connection: close`) before idle ones are closed.
     #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
     pub drain_grace_ms: u64,
+    /// Serve HTTP/1.0 requests instead of answering 426 Upgrade Required:
+    /// the equivalent of Istio's PILOT_HTTP10=1 (Envoy's accept_http_10).
+    #[arg(long)]
+    pub accept_http10: bool,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,

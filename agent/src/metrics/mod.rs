@@ -102,6 +102,7 @@ impl Registry {
                 ("tcp_allowed", &stats.tcp_allowed),
                 ("tcp_denied", &stats.tcp_denied),
                 ("late_http_closed", &stats.late_http_closed),
+                ("refused_shape", &stats.refused_shape),
                 ("header_timeout", &stats.header_timeouts),
                 ("idle_timeout", &stats.idle_timeouts),
             ] {

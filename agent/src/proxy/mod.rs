@@ -62,6 +62,8 @@ pub struct Shared {
     /// The node's addresses, where kubelet probes come from.
     pub probe_sources: ProbeSources,
     pub timeouts: Timeouts,
+    /// Serve HTTP/1.0 instead of answering 426 (Istio's `PILOT_HTTP10`).
+    pub accept_http_10: bool,
     /// Open downstream connections, capped node-wide and per source.
     pub limits: Arc<ConnectionLimits>,
 }
@@ -85,6 +87,9 @@ pub struct WorkloadStats {
     /// TCP connections closed because their first bytes, sent after the
     /// protocol detection gave up waiting, were an HTTP request.
     pub late_http_closed: AtomicU64,
+    /// Requests Envoy's codec or connection manager would refuse (400, 404,
+    /// 426, 431), answered before any policy.
+    pub refused_shape: AtomicU64,
     /// Request heads not complete within the header-read timeout (408).
     pub header_timeouts: AtomicU64,
     /// Connections closed for idleness (keep-alive or stream).
