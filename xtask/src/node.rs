@@ -188,7 +188,9 @@ fn build_image(
         .arg("--file")
         .arg(&dockerfile)
         .args(["--tag", reference])
-        .arg(&rootfs))
+        .arg(&rootfs)
+        // --quiet still prints the image id.
+        .stdout(std::process::Stdio::null()))
     .with_context(|| format!("podman build of {reference}"))?;
     let new = image::podman_out(&["image", "inspect", "--format", "{{.Id}}", reference])?;
     if let Some(old) = old.filter(|o| *o != new) {
