@@ -32,6 +32,15 @@ const AGENT_DS: &str = "jwtgate";
 const VERIFIER_SOURCE: &str = "127.0.0.6";
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Progress, timings and the FAQ tables go straight to stderr: libtest
+/// captures `println!` of passing tests, and these are the test's findings.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
@@ -47,7 +56,7 @@ fn daemonset_on_a_real_node_enforces_the_faq() -> Result<()> {
     let t = Instant::now();
     let mut n = Node::start(inputs.setup.clone())?;
     let b = n.bring_up.clone();
-    println!(
+    report!(
         "node {} Ready in {:.1?} (API server {:.1?}, containerd {:.1?})",
         n.name(),
         b.node_ready,
@@ -56,10 +65,10 @@ fn daemonset_on_a_real_node_enforces_the_faq() -> Result<()> {
     );
     let result = stages(&mut n, &inputs);
     if result.is_err() {
-        println!("{}", diagnostics(&n));
+        report!("{}", diagnostics(&n));
     }
     n.teardown()?;
-    println!("real node test: {:.1?} in all", t.elapsed());
+    report!("real node test: {:.1?} in all", t.elapsed());
     result
 }
 
@@ -67,7 +76,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     let step = Instant::now();
     n.import_image(&inputs.agent_archive)?;
     n.import_image(&inputs.testpod_archive)?;
-    println!("images imported in {:.1?}", step.elapsed());
+    report!("images imported in {:.1?}", step.elapsed());
 
     // The install path of the README, with kubectl 1.20: --validate=false
     // because its schema predates fields of the manifest (appArmorProfile,
@@ -96,7 +105,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         &format!("daemonset/{AGENT_DS}"),
         &format!("--timeout={}s", ROLLOUT_TIMEOUT.as_secs()),
     ])?;
-    println!("DaemonSet rolled out in {:.1?}", step.elapsed());
+    report!("DaemonSet rolled out in {:.1?}", step.elapsed());
     let agent = agent_pod(n)?;
     check_ready_through_probes(&agent)?;
     check_security_context(n, &agent)?;
@@ -143,7 +152,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
             }
         })?;
     }
-    println!(
+    report!(
         "apps and policies applied, both pods enforced in {:.1?}",
         step.elapsed()
     );
@@ -156,7 +165,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     ] {
         let results = faq_rows(n, &client, addr)?;
         let table = faq::format_table(&results);
-        println!("FAQ table from pod {client} to {what} {addr}:\n{table}");
+        report!("FAQ table from pod {client} to {what} {addr}:\n{table}");
         ensure!(
             results.iter().all(RowResult::ok),
             "FAQ table differs for {what}:\n{table}"
@@ -190,7 +199,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
             bail!("still there: {pods}")
         }
     })?;
-    println!("DaemonSet deleted in {:.1?}", step.elapsed());
+    report!("DaemonSet deleted in {:.1?}", step.elapsed());
     // failOpen unset: the steering stays pinned, the port refuses at once.
     for addr in [closed, service] {
         let got = client_get(n, &client, addr, "/productpage", None)?;
@@ -210,7 +219,7 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         !seen.starts_with(VERIFIER_SOURCE),
         "the fail-open pod must be reached directly, the app saw {seen}"
     );
-    println!("without the agent: fail-closed pod refuses, fail-open pod serves (peer {seen})");
+    report!("without the agent: fail-closed pod refuses, fail-open pod serves (peer {seen})");
     Ok(())
 }
 
@@ -244,7 +253,7 @@ fn check_ready_through_probes(pod: &Value) -> Result<()> {
         "the agent pod is not Ready: {}",
         pod["status"]
     );
-    println!(
+    report!(
         "agent pod {} Ready (readiness {}), restarts {}",
         pod["metadata"]["name"].as_str().unwrap_or("?"),
         c["readinessProbe"]["httpGet"]["path"],
@@ -337,7 +346,7 @@ fn check_security_context(n: &Node, pod: &Value) -> Result<()> {
         .iter()
         .filter(|c| runc_caps::cap_number(c).is_some_and(|b| host & (1 << b) == 0))
         .collect();
-    println!(
+    report!(
         "agent (pid {pid}) runs as the manifest says: uid 0, capabilities {} (host lacks {lacking:?}), seccomp filter, read-only /, hostPID, hostNetwork",
         added.join(",")
     );
