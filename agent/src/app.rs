@@ -53,9 +53,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inputs = match local {
             Some(local) => local.start(shutdown_rx.clone()),
-            None => crate::kube::start(&args, shutdown_rx.clone()).await?,
+            None => {
+                install_cni(&args)?;
+                crate::kube::start(&args, shutdown_rx.clone()).await?
+            }
         };
-        run_engine(args, inputs, shutdown_tx, shutdown_rx).await
+        let cni = args.cni.clone();
+        let kubeconfig = args.kubeconfig.clone();
+        run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
+        if let (Some(daemonset), Some(conf_dir)) = (&cni.uninstall_with, &cni.conf_dir) {
+            uninstall_cni_if_removed(daemonset, conf_dir, kubeconfig.as_deref()).await;
+        }
+        Ok(())
     })
 }
 
@@ -186,6 +195,14 @@ async fn run_engine(
     let mut reported_failures = std::collections::BTreeMap::new();
     loop {
         enroller.reconcile(&mut backend);
+        if let Some(tx) = &inputs.enrolled {
+            let now = enroller.enrolled_instances();
+            tx.send_if_modified(|m| {
+                let changed = *m != now;
+                *m = now;
+                changed
+            });
+        }
         if let Some(tx) = &inputs.enrolment_failures {
             if enroller.pending() != &reported_failures {
                 reported_failures = enroller.pending().clone();
@@ -357,6 +374,42 @@ async fn follow_node_addresses(sources: ProbeSources, mut shutdown: watch::Recei
                 }
             }
             Err(err) => warn!("cannot list this node's addresses for probe sources: {err}"),
+        }
+    }
+}
+
+/// `--cni-bin-dir` / `--cni-conf-dir`: put the plugin in the node's chain
+/// before the first pod can be created against this agent.
+fn install_cni(args: &AgentArgs) -> anyhow::Result<()> {
+    let (Some(bin), Some(conf), Some(socket)) =
+        (&args.cni.bin_dir, &args.cni.conf_dir, &args.cni.socket)
+    else {
+        return Ok(());
+    };
+    let list =
+        crate::cni::install::install(bin, conf, socket).context("cannot install the CNI plugin")?;
+    info!(conflist = %list.display(), bin = %bin.display(), "CNI plugin installed: new pods are enrolled before they start");
+    Ok(())
+}
+
+/// Exiting because the DaemonSet is being deleted (not restarted or
+/// upgraded): take the plugin out, so new pods start without the agent.
+async fn uninstall_cni_if_removed(
+    daemonset: &str,
+    conf_dir: &std::path::Path,
+    kubeconfig: Option<&std::path::Path>,
+) {
+    match crate::kube::daemonset_removed(daemonset, kubeconfig).await {
+        Ok(true) => match crate::cni::install::uninstall(conf_dir) {
+            Ok(_) => info!(%daemonset, "DaemonSet removed: CNI plugin taken out of the chain"),
+            Err(err) => warn!("cannot take the CNI plugin out: {err:#}"),
+        },
+        Ok(false) => {
+            info!(%daemonset, "DaemonSet still there (restart or upgrade): CNI plugin kept")
+        }
+        // Unknown: keep it (fail closed; `jwtgate cni-uninstall` by hand).
+        Err(err) => {
+            warn!("cannot tell whether the DaemonSet is being removed, CNI plugin kept: {err:#}")
         }
     }
 }

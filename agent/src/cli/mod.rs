@@ -5,11 +5,13 @@
 mod agent;
 mod bans;
 mod check;
+mod cni;
 mod jwt;
 
 pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
+pub use cni::CniArgs;
 pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
