@@ -48,7 +48,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: enrol workloads, verify and forward their requests.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
     Check(CheckArgs),
@@ -122,7 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
             crate::telemetry::init(args.log_format);
-            match crate::app::run(args) {
+            match crate::app::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");

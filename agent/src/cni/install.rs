@@ -66,7 +66,7 @@ fn add_entry(doc: &mut Value, socket: &Path) -> Result<bool> {
         "failPolicy": "closed",
         "excludeNamespaces": ["kube-system"],
     });
-    if plugins.iter().any(|p| *p == entry) {
+    if plugins.contains(&entry) {
         return Ok(false);
     }
     plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_NAME));
