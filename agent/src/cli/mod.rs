@@ -51,7 +51,7 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Drop every packet from a source in the kernel (XDP), until the TTL
     /// expires. Operator bans are never evicted by automatic ones: when the
     /// map is full this fails instead.
