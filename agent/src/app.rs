@@ -60,8 +60,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         let cni = args.cni.clone();
         let kubeconfig = args.kubeconfig.clone();
-        run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
-        if let (Some(daemonset), Some(conf_dir)) = (&cni.uninstall_with, &cni.conf_dir) {
+        let stopped = run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
+        // A newer agent needs the plugin whatever happened to our DaemonSet.
+        if let (Some(daemonset), Some(conf_dir), false) =
+            (&cni.uninstall_with, &cni.conf_dir, stopped.superseded)
+        {
             uninstall_cni_if_removed(daemonset, conf_dir, kubeconfig.as_deref()).await;
         }
         Ok(())
@@ -74,7 +77,7 @@ async fn run_engine(
     mut inputs: Inputs,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let registry = Arc::new(Registry::default());
     let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
     tokio::spawn(crate::metrics::serve(
@@ -170,7 +173,7 @@ async fn run_engine(
 
     let drain = Arc::new(());
     let mut backend = LiveBackend {
-        datapath,
+        datapath: datapath.clone(),
         shared,
         registry: registry.clone(),
         drain: drain.clone(),
@@ -273,8 +276,19 @@ async fn run_engine(
             "drain deadline reached; closing remaining connections"
         );
     }
-    info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
-    Ok(())
+    let superseded = datapath.lock().map(|dp| dp.superseded()).unwrap_or(false);
+    if superseded {
+        info!("stopped; a newer agent holds the steering");
+    } else {
+        info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
+    }
+    Ok(Stopped { superseded })
+}
+
+/// How the engine ended.
+struct Stopped {
+    /// A newer agent took the node over (surge upgrade).
+    superseded: bool,
 }
 
 /// Write the ban policy's requests into the kernel's deny maps, and keep
