@@ -216,16 +216,7 @@ pub async fn serve_unix(
             },
             _ = shutdown.changed() => break,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, registry.clone()));
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -264,17 +255,22 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, registry.clone()));
     }
+}
+
+/// One connection to the endpoint, TCP or unix.
+async fn serve_connection<S>(stream: S, registry: Arc<Registry>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let registry = registry.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
