@@ -192,11 +192,11 @@ fn first_match<'p>(
 
 /// The first policy with `action` and the index of its first rule that
 /// `matches` (HTTP and network RBAC differ only in how a rule matches).
-pub(super) fn first_matching_rule<'p>(
-    policy: &'p WorkloadPolicy,
+pub(super) fn first_matching_rule(
+    policy: &WorkloadPolicy,
     action: Action,
     matches: impl Fn(&Rule) -> bool,
-) -> Option<(&'p AuthzPolicy, usize)> {
+) -> Option<(&AuthzPolicy, usize)> {
     policy
         .authz
         .iter()
