@@ -105,6 +105,12 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     // must not install its CNI plugin into the real host's configuration.
     // Until the node has private CNI directories, it runs without it.
     let for_1_20 = without_cni_install(&for_1_20);
+    // And the hostPath volumes (DirectoryOrCreate) must not create those
+    // directories on the real host either.
+    let private = n.dir().join("agent-cni");
+    let for_1_20 = for_1_20
+        .replace("path: /opt/cni/bin", &format!("path: {}/bin", private.display()))
+        .replace("path: /etc/cni/net.d", &format!("path: {}/net.d", private.display()));
     n.kubectl_with_input(&["apply", "--validate=false", "-f", "-"], Some(&for_1_20))?;
     n.kubectl(&[
         "-n",
