@@ -109,8 +109,14 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     // directories on the real host either.
     let private = n.dir().join("agent-cni");
     let for_1_20 = for_1_20
-        .replace("path: /opt/cni/bin", &format!("path: {}/bin", private.display()))
-        .replace("path: /etc/cni/net.d", &format!("path: {}/net.d", private.display()));
+        .replace(
+            "path: /opt/cni/bin",
+            &format!("path: {}/bin", private.display()),
+        )
+        .replace(
+            "path: /etc/cni/net.d",
+            &format!("path: {}/net.d", private.display()),
+        );
     n.kubectl_with_input(&["apply", "--validate=false", "-f", "-"], Some(&for_1_20))?;
     n.kubectl(&[
         "-n",
