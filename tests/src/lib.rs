@@ -15,6 +15,8 @@ pub mod jwks_server;
 pub mod kube_bed;
 pub mod netns;
 pub mod process;
+pub mod raw_app;
+pub mod raw_client;
 pub mod sandbox;
 pub mod tcp_app;
 pub mod topology;

@@ -1,0 +1,378 @@
+//! The proxy attacked as a request smuggler would: upgrades the application
+//! answers (h2c, unknown protocols, a 101 nobody asked for), bytes that the
+//! sniffer and the application read differently, pipelined and oddly framed
+//! requests, CONNECT, oversized heads, HTTP/2 stream floods. Each test
+//! asserts that nothing reaches the application without a decision.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use jwtgate_e2e::faq::{
+    demo_jwt, run_rows, tampered_jwt, FaqBed, APP_LABEL, BODY_401, BODY_403, NAMESPACE,
+};
+use jwtgate_e2e::raw_app::{RawApp, Switch};
+use jwtgate_e2e::raw_client::RawConn;
+use jwtgate_e2e::{privileged, AgentOptions};
+
+const RAW_PORT: u16 = 7070;
+/// What a request for a path the FAQ policy denies without a token looks
+/// like on the wire; it must never reach an application.
+const SMUGGLED: &[u8] = b"GET /api/v1/products/0 HTTP/1.1\r\nHost: x\r\n\r\n";
+const SMUGGLED_PATH: &str = "/api/v1/products/0";
+
+fn bed_with_raw_app(tag: &str, switch: Switch) -> Result<(FaqBed, RawApp)> {
+    let mut bed = FaqBed::build_with(tag, |p| p.all_ports())?;
+    bed.node.start_agent(&AgentOptions::default())?;
+    let app = RawApp::start(&bed.pod.netns, RAW_PORT, switch)?;
+    Ok((bed, app))
+}
+
+fn raw(bed: &FaqBed) -> Result<RawConn> {
+    RawConn::connect(&bed.client.netns, bed.pod.addr(RAW_PORT))
+}
+
+/// Nothing the app received, parsed or tunnelled, is the smuggled request.
+fn assert_never_reached(app: &RawApp) {
+    let heads = app.heads();
+    assert!(
+        heads.iter().all(|h| !h.line.contains(SMUGGLED_PATH)),
+        "the app parsed the smuggled request: {heads:?}"
+    );
+    let tunnelled = String::from_utf8_lossy(&app.after_switch()).into_owned();
+    assert!(
+        !tunnelled.contains(SMUGGLED_PATH),
+        "the smuggled request was tunnelled to the app: {tunnelled:?}"
+    );
+}
+
+/// `Upgrade: h2c` would turn the connection into HTTP/2 straight to the
+/// app, every later stream unverified. Envoy strips h2c upgrade headers and
+/// serves the request as a plain one; so must the agent.
+#[test]
+fn h2c_upgrade_is_stripped_and_never_opens_a_tunnel() -> Result<()> {
+    privileged!();
+    let (bed, app) = bed_with_raw_app("smug-h2c", Switch::OnUpgrade)?;
+    let mut c = raw(&bed)?;
+    c.send(
+        b"GET /productpage HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )?;
+    let r = c.response(false)?;
+    assert_eq!(r.status, 200, "{} {}", r.status, r.text());
+    // The connection is still HTTP/1.1 and the next request is decided.
+    c.send(SMUGGLED)?;
+    let r = c.response(false)?;
+    assert_eq!((r.status, r.text().trim()), (403, BODY_403));
+    assert_never_reached(&app);
+    let heads = app.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    for h in ["upgrade", "http2-settings"] {
+        assert_eq!(heads[0].header(h), None, "{h} forwarded: {:?}", heads[0]);
+    }
+    Ok(())
+}
+
+/// Istio's sidecar carries WebSocket upgrades only; Envoy answers any other
+/// upgrade 403 (`upgrade_failed`) and closes, because an application that
+/// accepted it would get a tunnel no policy looks into.
+#[test]
+fn upgrade_to_another_protocol_is_refused_like_envoy() -> Result<()> {
+    privileged!();
+    let (bed, app) = bed_with_raw_app("smug-upg", Switch::OnUpgrade)?;
+    let token = demo_jwt();
+    let mut c = raw(&bed)?;
+    c.send(
+        format!(
+            "GET /productpage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade\r\nUpgrade: tunnel\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let r = c.response(false)?;
+    assert_eq!(r.status, 403, "{} {}", r.status, r.text());
+    let _ = c.send(SMUGGLED);
+    let (_, closed) = c.drain(Duration::from_secs(5));
+    assert!(closed, "the connection stays open after a refused upgrade");
+    assert!(
+        app.heads().is_empty(),
+        "the app saw the upgrade: {:?}",
+        app.heads()
+    );
+    assert_never_reached(&app);
+    Ok(())
+}
+
+/// An application that answers 101 to a request that asked for no upgrade
+/// must not get the client's next bytes as a tunnel.
+#[test]
+fn unsolicited_101_from_the_app_does_not_open_a_tunnel() -> Result<()> {
+    privileged!();
+    let (bed, app) = bed_with_raw_app("smug-101", Switch::Always)?;
+    let mut c = raw(&bed)?;
+    c.send(b"GET /productpage HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let first = c.response(false);
+    let _ = c.send(SMUGGLED);
+    let (rest, _) = c.drain(Duration::from_secs(3));
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(
+        !rest.contains("TUNNELLED"),
+        "first: {first:?}, then: {rest:?}"
+    );
+    assert_never_reached(&app);
+    Ok(())
+}
+
+/// RFC 9112 §2.2: servers skip empty lines before a request line, and so
+/// do hyper and the raw app. A sniffer that took the leading CRLF for a
+/// non-HTTP protocol would splice the request past jwt_authn wherever
+/// network RBAC allows the connection.
+#[test]
+fn empty_lines_before_a_request_do_not_turn_it_into_tcp() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build_with("smug-crlf", |p| p.all_ports())?;
+    // TCP from the client is allowed (an ALLOW with a source only), and
+    // jwt_authn still rejects bad tokens on HTTP.
+    bed.node.write_policy(
+        "test-exclude.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: test-exclude, namespace: {NAMESPACE}}}\n\
+             spec:\n  selector: {{matchLabels: {{app: {APP_LABEL}}}}}\n  action: ALLOW\n  rules:\n  \
+             - from:\n    - source: {{ipBlocks: ['{}/32']}}\n",
+            IpAddr::V4(bed.client.ip)
+        ),
+    )?;
+    bed.node.start_agent(&AgentOptions::default())?;
+    let app = RawApp::start(&bed.pod.netns, RAW_PORT, Switch::Never)?;
+    let bad = tampered_jwt();
+    for prefix in ["\r\n", "\n", "\r\n\r\n"] {
+        let mut c = raw(&bed)?;
+        c.send(
+            format!(
+                "{prefix}GET /productpage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bad}\r\nx-forged: 1\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let r = c
+            .response(false)
+            .with_context(|| format!("prefix {prefix:?}"))?;
+        assert_eq!(
+            (r.status, r.text().trim()),
+            (401, BODY_401),
+            "prefix {prefix:?}"
+        );
+    }
+    let heads = app.heads();
+    assert!(
+        heads.is_empty(),
+        "a request with a bad token reached the app: {heads:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pipelined_requests_are_each_decided_in_order() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-pipe")?;
+    bed.start_agent()?;
+    let token = demo_jwt();
+    let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+    // Four requests in one write; the third hides a request in its body.
+    let body = String::from_utf8_lossy(SMUGGLED).into_owned();
+    c.send(
+        format!(
+            "GET /productpage HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /api/v1/products/0 HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}\
+             GET /api/v1/products/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| c.response(false).map(|r| r.status))
+        .collect::<Result<_>>()?;
+    assert_eq!(statuses, [200, 403, 200, 200]);
+    let seen: Vec<(String, String)> = bed
+        .node
+        .app_seen(&bed.pod)
+        .into_iter()
+        .map(|s| (s.method, s.path))
+        .collect();
+    let want = [
+        ("GET", "/productpage"),
+        ("POST", "/productpage"),
+        ("GET", "/api/v1/products/1"),
+    ]
+    .map(|(m, p)| (m.to_string(), p.to_string()));
+    assert_eq!(seen, want);
+    Ok(())
+}
+
+/// Headers named in `Connection` are hop-by-hop and removed before
+/// forwarding; naming the framing headers or Host there must not change
+/// how the application frames the request or which host it sees.
+#[test]
+fn connection_header_cannot_remove_framing_or_host() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-conn")?;
+    bed.start_agent()?;
+    let body = String::from_utf8_lossy(SMUGGLED).into_owned();
+    let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+    c.send(
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: shop.example\r\nConnection: content-length, host\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    let r = c.response(false)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    c.send(
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: shop.example\r\nConnection: transfer-encoding\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{chunked}"
+        )
+        .as_bytes(),
+    )?;
+    let r = c.response(false)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = bed.node.app_seen(&bed.pod);
+    assert!(
+        seen.iter().all(|s| s.path != SMUGGLED_PATH),
+        "the body was read as a request: {seen:?}"
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.header("host"), Some("shop.example"), "{s:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn head_denials_have_no_body_and_the_connection_stays_in_step() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-head")?;
+    bed.start_agent()?;
+    let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+    c.send(b"HEAD /api/v1/products/0 HTTP/1.1\r\nHost: x\r\n\r\nGET /productpage HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let head = c.response(true)?;
+    assert_eq!(head.status, 403);
+    assert_eq!(head.header("content-length"), Some("19"), "{head:?}");
+    // Had a body followed the HEAD answer, this would parse it as a status line.
+    let next = c.response(false)?;
+    assert_eq!(next.status, 200);
+    assert!(next.json().is_ok(), "{}", next.text());
+    Ok(())
+}
+
+/// CONNECT asks the proxy for a tunnel; Istio's sidecar has no CONNECT
+/// upgrade on inbound. Whatever the answer, the bytes after it are never a
+/// request the application serves undecided.
+#[test]
+fn connect_never_opens_a_tunnel() -> Result<()> {
+    privileged!();
+    let (bed, app) = bed_with_raw_app("smug-connect", Switch::Always)?;
+    let token = demo_jwt();
+    let target = bed.pod.addr(RAW_PORT);
+    let mut c = raw(&bed)?;
+    c.send(
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let first = c.response(false);
+    let _ = c.send(SMUGGLED);
+    let (rest, _) = c.drain(Duration::from_secs(3));
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(
+        !rest.contains("TUNNELLED"),
+        "first: {first:?}, then {rest:?}"
+    );
+    assert_never_reached(&app);
+    Ok(())
+}
+
+#[test]
+fn oversized_request_head_gets_431_and_reaches_nothing() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-big")?;
+    bed.start_agent()?;
+    let token = demo_jwt();
+    let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+    let big = "b".repeat(70 * 1024);
+    let _ = c.send(
+        format!("GET /productpage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Big: {big}\r\n\r\n")
+            .as_bytes(),
+    );
+    let r = c.response(false)?;
+    assert_eq!(r.status, 431);
+    assert!(bed.node.app_seen(&bed.pod).is_empty());
+    assert!(run_rows(&bed.client, bed.pod.mesh_addr())
+        .iter()
+        .all(|r| r.ok()));
+    Ok(())
+}
+
+/// HEADERS then RST_STREAM, thousands of times on one connection (the
+/// "rapid reset" attack): the agent either ends that connection or decides
+/// each stream, and keeps serving everyone else meanwhile.
+#[test]
+fn h2_rapid_reset_flood_does_not_stop_the_agent_serving_others() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-reset")?;
+    bed.start_agent()?;
+    let addr: SocketAddr = bed.pod.mesh_addr();
+    let rt = support::runtime();
+    let ns = bed.client.netns.clone();
+    let flood = rt.spawn(async move {
+        let stream = support::connect_in(&ns, addr).await?;
+        let (mut client, conn) = h2::client::handshake(stream).await?;
+        tokio::spawn(conn);
+        let mut sent = 0usize;
+        for _ in 0..10_000 {
+            let req = http::Request::get(format!("http://{addr}/api/v1/products/0"))
+                .body(())
+                .expect("a request");
+            match support::step("a stream slot", client.ready()).await? {
+                Ok(c) => client = c,
+                Err(_) => break,
+            }
+            match client.send_request(req, true) {
+                // Dropping the response future resets the stream.
+                Ok((resp, _)) => drop(resp),
+                Err(_) => break,
+            }
+            sent += 1;
+        }
+        Ok::<_, anyhow::Error>(sent)
+    });
+    // Served while the flood runs, and after it.
+    for _ in 0..3 {
+        assert!(
+            run_rows(&bed.client, bed.pod.mesh_addr())
+                .iter()
+                .all(|r| r.ok()),
+            "{}",
+            bed.node.agent_log()
+        );
+    }
+    let sent = rt.block_on(flood)??;
+    eprintln!("rapid reset: {sent} streams sent before the connection ended or the loop finished");
+    assert!(run_rows(&bed.client, bed.pod.mesh_addr())
+        .iter()
+        .all(|r| r.ok()));
+    bed.node
+        .agent()
+        .context("agent")?
+        .metrics()
+        .context("the agent stopped answering")?;
+    Ok(())
+}
