@@ -66,7 +66,21 @@ pub fn sniff(prefix: &[u8]) -> Sniffed {
             Sniffed::NeedMore
         };
     }
-    match request_line(prefix) {
+    // Empty lines before a request line are skipped by HTTP servers (RFC
+    // 9112 §2.2; hyper, nginx and Envoy's parser all do): taking them for
+    // another protocol would splice the request past every HTTP policy.
+    let blank = prefix
+        .iter()
+        .take_while(|c| matches!(c, b'\r' | b'\n'))
+        .count();
+    if blank == prefix.len() {
+        return if prefix.len() >= SNIFF_MAX {
+            Sniffed::Http1
+        } else {
+            Sniffed::NeedMore
+        };
+    }
+    match request_line(&prefix[blank..]) {
         Line::Complete => Sniffed::Http1,
         Line::Partial if prefix.len() >= SNIFF_MAX => Sniffed::Http1,
         Line::Partial => Sniffed::NeedMore,
@@ -169,6 +183,33 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_http() {
+        for bytes in [
+            &b"\r\nGET / HTTP/1.1\r\n"[..],
+            b"\nGET / HTTP/1.1\r\n",
+            b"\r\n\r\n\nPOST /x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::Http1,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bytes in [&b"\r"[..], b"\r\n", b"\r\nGE", b"\n\nGET / HT"] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        assert_eq!(sniff(b"\r\n\x16\x03\x01"), Sniffed::Tcp);
+        // The HTTP/2 preface is only ever the very first bytes.
+        assert_eq!(sniff(&[b"\r\n", H2_PREFACE].concat()), Sniffed::Http1);
     }
 
     #[test]
