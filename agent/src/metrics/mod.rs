@@ -18,8 +18,10 @@ use tracing::{info, warn};
 
 use crate::proxy::WorkloadStats;
 
+mod connections;
 mod jwks;
 mod token_cache;
+pub use connections::set_connection_limits;
 pub use jwks::record_jwks_fetch;
 pub use token_cache::set_token_cache;
 
@@ -130,6 +132,7 @@ impl Registry {
                 }
             }
         }
+        connections::render(&mut out);
         jwks::render(&mut out);
         token_cache::render(&mut out);
         let _ = writeln!(out, "jwtgate_ready {}", u8::from(self.is_ready()));
