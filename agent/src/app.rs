@@ -5,7 +5,6 @@
 //! enrolment state machine (`enroll::Enroller`), one proxy per enrolled
 //! workload, JWKS kept fresh, drain on SIGTERM.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,14 +18,20 @@ use crate::enroll::{Enroller, Inputs, LiveBackend};
 use crate::jwt::TokenCache;
 use crate::metrics::Registry;
 use crate::netns::Finder;
-use crate::proxy::{BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts};
+use crate::proxy::{
+    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, BAN_QUEUE,
+};
 use crate::sources::jwks::JwksStore;
 
 /// Retry delay for workloads that could not be enrolled.
 const ENROL_RETRY: Duration = Duration::from_secs(2);
 
+/// How often the ban policy re-reads the node's own addresses.
+const NODE_ADDRESSES_REFRESH: Duration = Duration::from_secs(30);
+
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(config = ?args, "starting jwtgate agent");
+    raise_open_files_limit();
     // Local mode reads its files before anything else, so a bad path fails
     // at once with the file named.
     let local = if args.kube {
@@ -68,6 +73,13 @@ async fn run_engine(
         registry.clone(),
         shutdown_rx.clone(),
     ));
+    if let Some(path) = &args.health_socket {
+        tokio::spawn(crate::metrics::serve_unix(
+            path.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
 
     let datapath = Datapath::open(&args.pin_root).with_context(|| {
         format!(
@@ -86,12 +98,19 @@ async fn run_engine(
                 .unwrap_or_default()
         }));
     }
-    let (ban_tx, ban_rx) = mpsc::unbounded_channel();
-    tokio::spawn(apply_bans(
-        DenyList::open_pinned(&args.pin_root)?,
-        ban_rx,
-        Duration::from_secs(args.ban_ttl_secs),
-    ));
+    let (ban_tx, ban_rx) = mpsc::channel(BAN_QUEUE);
+    let bans = BanTracker::new(args.bans.config(), Some(ban_tx));
+    crate::metrics::set_ban_tracker(bans.clone());
+    let mut deny = DenyList::open_pinned(&args.pin_root)?;
+    match deny.adopt_manual_bans() {
+        Ok(0) => {}
+        Ok(n) => info!(
+            n,
+            "kept operator bans of an earlier agent where nothing evicts them"
+        ),
+        Err(err) => warn!("cannot copy earlier operator bans: {err:#}"),
+    }
+    tokio::spawn(apply_bans(deny, bans.clone(), ban_rx, shutdown_rx.clone()));
 
     // One verified-token cache for every workload on the node; the JWKS
     // store tells it which keys left their sets.
@@ -101,6 +120,7 @@ async fn run_engine(
         Some(token_cache.clone()),
     )?);
     crate::metrics::set_token_cache(token_cache.clone());
+    crate::metrics::set_jwks_store(jwks.clone());
     let probe_sources = match &args.probe_sources {
         ProbeSourcesArg::List(list) => ProbeSources::new(list.iter().copied()),
         ProbeSourcesArg::Auto => {
@@ -113,8 +133,7 @@ async fn run_engine(
         jwks: jwks.clone(),
         token_cache,
         normalization: args.path_normalization.into(),
-        bans: BanTracker::new(args.ban_after, Duration::from_secs(args.ban_window_secs)),
-        ban_requests: ban_tx,
+        bans,
         sniff_timeout: (args.protocol_detection_timeout_ms > 0)
             .then(|| Duration::from_millis(args.protocol_detection_timeout_ms)),
         probe_sources,
@@ -124,6 +143,7 @@ async fn run_engine(
             stream_idle: Duration::from_secs(args.stream_idle_timeout_secs),
             drain_grace: Duration::from_millis(args.drain_grace_ms),
         },
+        accept_http_10: args.accept_http10,
         limits: ConnectionLimits::new(args.max_connections, args.max_connections_per_source),
     });
     crate::metrics::set_connection_limits(shared.limits.clone());
@@ -241,17 +261,82 @@ async fn run_engine(
     Ok(())
 }
 
-/// Write ban requests from the proxies into the kernel's deny list.
+/// Write the ban policy's requests into the kernel's deny maps, and keep
+/// the policy's view of the node's own addresses fresh. A source is checked
+/// against the node's addresses once more, read at that moment, right
+/// before it is written: an address added since the last refresh is still
+/// never banned.
 async fn apply_bans(
     mut deny: DenyList,
-    mut requests: mpsc::UnboundedReceiver<IpAddr>,
-    ttl: Duration,
+    tracker: BanTracker,
+    mut requests: mpsc::Receiver<BanRequest>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    while let Some(source) = requests.recv().await {
-        match deny.deny_source(source, Some(ttl), jwtgate_common::DENY_REASON_AUTH_FAILURES) {
-            Ok(()) => info!(%source, ?ttl, "source banned after repeated token failures"),
+    let mut refresh = tokio::time::interval(NODE_ADDRESSES_REFRESH);
+    loop {
+        let ban = tokio::select! {
+            ban = requests.recv() => match ban {
+                Some(ban) => ban,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                match crate::addrs::node_addresses() {
+                    Ok(addrs) => tracker.set_node_addresses(addrs),
+                    Err(err) => warn!("cannot list the node's addresses: {err}"),
+                }
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        };
+        let node = crate::addrs::node_addresses().unwrap_or_default();
+        let source = crate::addrs::canonical(ban.source);
+        if node.iter().any(|a| crate::addrs::canonical(*a) == source) {
+            tracker.set_node_addresses(node);
+            warn!(%source, "not banning one of the node's own addresses");
+            continue;
+        }
+        let reason = jwtgate_common::DENY_REASON_AUTH_FAILURES;
+        let ttl = ban.ttl;
+        let written = match ban.scope {
+            BanScope::Workload(workload) => deny
+                .deny_pair(source, workload, Some(ttl), reason)
+                .map(|()| format!("towards {workload}")),
+            BanScope::Source => deny
+                .deny_source(source, Some(ttl), reason)
+                .map(|()| "from every workload on the node".to_string()),
+        };
+        match written {
+            Ok(scope) => {
+                info!(%source, ?ttl, "source banned {scope} after repeated token failures")
+            }
             Err(err) => warn!(%source, "cannot ban source: {err:#}"),
         }
+    }
+}
+
+/// Every connection is a descriptor, and the default soft limit (often
+/// 1024) would refuse connections — and stop the enrolment of new pods,
+/// which needs descriptors too — long before memory or CPU run out. The
+/// hard limit is what the operator allows; take all of it.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(
+                from = soft,
+                to = hard,
+                "raised the open files limit (RLIMIT_NOFILE) to the hard limit"
+            ),
+            Err(err) => warn!(
+                soft,
+                hard, "cannot raise the open files limit (RLIMIT_NOFILE): {err}"
+            ),
+        },
+        Ok((soft, _)) => info!(
+            limit = soft,
+            "open files limit (RLIMIT_NOFILE) already at the hard limit"
+        ),
+        Err(err) => warn!("cannot read the open files limit (RLIMIT_NOFILE): {err}"),
     }
 }
 

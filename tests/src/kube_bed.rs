@@ -136,6 +136,7 @@ impl KubeBed {
                 .arg(&files.pin_root)
                 .arg("--metrics-addr")
                 .arg(metrics.to_string())
+                .args(crate::agent::JWKS_ON_LOOPBACK)
                 .env("NODE_NAME", &node_name)
                 .env(
                     "RUST_LOG",

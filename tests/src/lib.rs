@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod jwks_server;
 pub mod kube_bed;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod raw_app;
 pub mod raw_client;

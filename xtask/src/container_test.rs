@@ -194,7 +194,9 @@ fn start(bed: &mut FaqBed, pod: &PodRun, flags: &[String], n: u32) -> Result<()>
             .args(
                 args.iter()
                     .map(|a| a.replace("METRICS", &metrics.to_string())),
-            );
+            )
+            // The test bed's JWKS server is on the host's loopback.
+            .args(jwtgate_e2e::agent::JWKS_ON_LOOPBACK);
         Ok(cmd)
     })?;
     println!("  container {name} ready in {:.1?}", t.elapsed());

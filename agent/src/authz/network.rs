@@ -29,7 +29,7 @@ pub fn evaluate_connection(policy: &WorkloadPolicy, conn: &Connection) -> Decisi
         path: "",
         query: None,
         host: "",
-        headers: &[],
+        headers: super::header_view::HeaderView::client(&[]),
         port: conn.destination_port,
         source_ip: conn.source_ip,
         // No X-Forwarded-For on a connection: the peer is the remote.

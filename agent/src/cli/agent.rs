@@ -54,6 +54,11 @@ pub struct AgentArgs {
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
+    /// Also serve /healthz, /readyz and /metrics on this unix socket, for
+    /// probes that must reach this agent and no other (`jwtgate probe`): in
+    /// a surge upgrade two agents share the node's metrics port.
+    #[arg(long, value_name = "PATH")]
+    pub health_socket: Option<PathBuf>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
@@ -70,16 +75,6 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
     /// How long to wait for a client's first bytes on a port whose protocol
     /// is not declared (by port name) before taking the connection for a
     /// server-first TCP protocol such as MySQL or SMTP. 0 waits for ever, as
@@ -119,6 +114,10 @@ pub struct AgentArgs {
     /// response with `Connection: close`) before idle ones are closed.
     #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
     pub drain_grace_ms: u64,
+    /// Serve HTTP/1.0 requests instead of answering 426 Upgrade Required:
+    /// the equivalent of Istio's PILOT_HTTP10=1 (Envoy's accept_http_10).
+    #[arg(long)]
+    pub accept_http10: bool,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -128,6 +127,9 @@ pub struct AgentArgs {
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
+    /// Automatic bans (`cli/bans.rs`).
+    #[command(flatten)]
+    pub bans: super::BanArgs,
 }
 
 /// `--probe-sources`.
