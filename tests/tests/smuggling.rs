@@ -125,12 +125,14 @@ fn unsolicited_101_from_the_app_does_not_open_a_tunnel() -> Result<()> {
     Ok(())
 }
 
-/// RFC 9112 §2.2: servers skip empty lines before a request line, and so
-/// do hyper and the raw app. A sniffer that took the leading CRLF for a
-/// non-HTTP protocol would splice the request past jwt_authn wherever
-/// network RBAC allows the connection.
+/// Request lines that HTTP servers accept but a strict sniffer would take
+/// for another protocol: empty lines before them (RFC 9112 §2.2: hyper,
+/// nginx and llhttp skip them) and whitespace other than one SP between
+/// the words (RFC 9112 §3 lets recipients split on any whitespace; Python's
+/// http.server, hence werkzeug, does). Taken for TCP, the request would be
+/// spliced past jwt_authn wherever network RBAC allows the connection.
 #[test]
-fn empty_lines_before_a_request_do_not_turn_it_into_tcp() -> Result<()> {
+fn request_lines_servers_accept_are_never_taken_for_tcp() -> Result<()> {
     privileged!();
     let mut bed = FaqBed::build_with("smug-crlf", |p| p.all_ports())?;
     // TCP from the client is allowed (an ALLOW with a source only), and
@@ -162,6 +164,23 @@ fn empty_lines_before_a_request_do_not_turn_it_into_tcp() -> Result<()> {
             (r.status, r.text().trim()),
             (401, BODY_401),
             "prefix {prefix:?}"
+        );
+    }
+    // Lenient word splitting: the agent's HTTP server refuses these (400),
+    // which is what matters: they are decided, not spliced.
+    for line in [
+        "GET\t/productpage\tHTTP/1.1",
+        "GET  /productpage HTTP/1.1",
+        " GET /productpage HTTP/1.1",
+        "GET /productpage\x0bHTTP/1.1",
+    ] {
+        let mut c = raw(&bed)?;
+        c.send(format!("{line}\r\nHost: x\r\nAuthorization: Bearer {bad}\r\n\r\n").as_bytes())?;
+        let (got, _) = c.drain(Duration::from_secs(3));
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            !got.contains("x-raw-app"),
+            "{line:?} was spliced to the app: {got:?}"
         );
     }
     let heads = app.heads();
@@ -208,6 +227,59 @@ fn pipelined_requests_are_each_decided_in_order() -> Result<()> {
     ]
     .map(|(m, p)| (m.to_string(), p.to_string()));
     assert_eq!(seen, want);
+    Ok(())
+}
+
+/// The classic framing disagreements (CL.TE, TE.CL, two lengths, an
+/// obfuscated Transfer-Encoding): whatever the agent makes of them, the
+/// application receives requests framed by the agent, one per decision, and
+/// never the request hidden in a body.
+#[test]
+fn conflicting_framing_never_smuggles_a_request_to_the_app() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("smug-framing")?;
+    bed.start_agent()?;
+    let hidden = String::from_utf8_lossy(SMUGGLED).into_owned();
+    let chunked = format!("0\r\n\r\n{hidden}");
+    let attempts = [
+        // CL.TE: a front end going by Content-Length forwards it all.
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}",
+            chunked.len()
+        ),
+        // TE.CL: a short Content-Length next to chunked.
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+            hidden.len()
+        ),
+        // Two different lengths.
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        // Transfer-Encoding spelled so that some parsers miss it.
+        format!(
+            "POST /productpage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        format!("POST /productpage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n{chunked}"),
+    ];
+    for attempt in &attempts {
+        let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+        c.send(attempt.as_bytes())?;
+        // Whatever comes back (answers, then a close): read it all.
+        let (got, _) = c.drain(Duration::from_secs(2));
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            !got.contains("\"path\":\"/api/v1/products/0\""),
+            "{attempt:?} reached the app as a request: {got}"
+        );
+    }
+    let seen = bed.node.app_seen(&bed.pod);
+    assert!(
+        seen.iter().all(|s| s.path != SMUGGLED_PATH),
+        "a hidden request reached the app: {seen:?}"
+    );
     Ok(())
 }
 
