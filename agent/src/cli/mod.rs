@@ -5,11 +5,13 @@
 mod agent;
 mod bans;
 mod check;
+mod cni;
 mod jwt;
 
 pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
+pub use cni::CniArgs;
 pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
@@ -46,10 +48,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: enrol workloads, verify and forward their requests.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Drop every packet from a source in the kernel (XDP), until the TTL
     /// expires. Operator bans are never evicted by automatic ones: when the
     /// map is full this fails instead.
@@ -120,7 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
             crate::telemetry::init(args.log_format);
-            match crate::app::run(args) {
+            match crate::app::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");

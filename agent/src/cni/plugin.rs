@@ -59,7 +59,9 @@ pub fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut stdin = String::new();
     let _ = std::io::stdin().read_to_string(&mut stdin);
-    let (out, code) = run(&env, &stdin, &mut |socket, req, timeout| ask(socket, req, timeout));
+    let (out, code) = run(&env, &stdin, &mut |socket, req, timeout| {
+        ask(socket, req, timeout)
+    });
     if !out.is_empty() {
         let _ = writeln!(std::io::stdout(), "{out}");
     }
@@ -80,7 +82,13 @@ fn run(env: &HashMap<String, String>, stdin: &str, ask: &mut Ask<'_>) -> (String
     }
     let conf: Conf = match serde_json::from_str(stdin) {
         Ok(c) => c,
-        Err(e) => return error("1.0.0", 6, &format!("cannot read the network configuration: {e}")),
+        Err(e) => {
+            return error(
+                "1.0.0",
+                6,
+                &format!("cannot read the network configuration: {e}"),
+            )
+        }
     };
     let args = cni_args(env.get("CNI_ARGS").map(String::as_str).unwrap_or(""));
     let (Some(namespace), Some(name)) = (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME"))
@@ -92,7 +100,10 @@ fn run(env: &HashMap<String, String>, stdin: &str, ask: &mut Ask<'_>) -> (String
         .exclude_namespaces
         .clone()
         .unwrap_or_else(|| vec!["kube-system".to_string()]);
-    let socket = conf.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let socket = conf
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     let timeout = Duration::from_secs(conf.timeout_secs.unwrap_or(30));
     let request = Request {
         command: command.to_string(),
@@ -180,7 +191,9 @@ fn ask(socket: &std::path::Path, req: &Request, timeout: Duration) -> Result<Rep
         .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
@@ -229,13 +242,22 @@ mod tests {
 
     #[test]
     fn an_unreachable_or_refusing_agent_fails_the_add_unless_fail_open() {
-        let (out, code) = run(&env("ADD", "foo"), CONF, &mut |_, _, _| Err("refused".into()));
+        let (out, code) = run(&env("ADD", "foo"), CONF, &mut |_, _, _| {
+            Err("refused".into())
+        });
         assert_eq!(code, 1);
-        assert!(out.contains("not started unprotected") && out.contains("\"code\":11"), "{out}");
-        let (_, code) = run(&env("ADD", "foo"), CONF, &mut |_, _, _| Ok(Reply::error("map full")));
+        assert!(
+            out.contains("not started unprotected") && out.contains("\"code\":11"),
+            "{out}"
+        );
+        let (_, code) = run(&env("ADD", "foo"), CONF, &mut |_, _, _| {
+            Ok(Reply::error("map full"))
+        });
         assert_eq!(code, 1);
         let open = CONF.replace("\"socket\"", "\"failPolicy\":\"open\",\"socket\"");
-        let (out, code) = run(&env("ADD", "foo"), &open, &mut |_, _, _| Err("refused".into()));
+        let (out, code) = run(&env("ADD", "foo"), &open, &mut |_, _, _| {
+            Err("refused".into())
+        });
         assert_eq!(code, 0, "{out}");
     }
 
