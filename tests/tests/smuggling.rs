@@ -105,6 +105,27 @@ fn upgrade_to_another_protocol_is_refused_like_envoy() -> Result<()> {
     Ok(())
 }
 
+/// A WebSocket upgrade the application declines (200, not 101): the bytes
+/// the client sent behind it are the next request, decided like any other.
+#[test]
+fn declined_websocket_upgrade_leaves_the_connection_http() -> Result<()> {
+    privileged!();
+    let (bed, app) = bed_with_raw_app("smug-decline", Switch::Never)?;
+    let mut c = raw(&bed)?;
+    let mut bytes = b"GET /productpage HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                      Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    bytes.extend_from_slice(SMUGGLED);
+    c.send(&bytes)?;
+    let first = c.response(false)?;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = c.response(false)?;
+    assert_eq!((second.status, second.text().trim()), (403, BODY_403));
+    assert_never_reached(&app);
+    assert_eq!(app.heads().len(), 1);
+    Ok(())
+}
+
 /// An application that answers 101 to a request that asked for no upgrade
 /// must not get the client's next bytes as a tunnel.
 #[test]
