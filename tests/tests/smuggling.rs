@@ -399,14 +399,48 @@ fn oversized_request_head_gets_431_and_reaches_nothing() -> Result<()> {
     let mut bed = FaqBed::build("smug-big")?;
     bed.start_agent()?;
     let token = demo_jwt();
-    let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
-    let big = "b".repeat(70 * 1024);
-    let _ = c.send(
-        format!("GET /productpage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Big: {big}\r\n\r\n")
-            .as_bytes(),
-    );
-    let r = c.response(false)?;
-    assert_eq!(r.status, 431);
+    // Envoy's 60 KiB: just over it, and far over it, over HTTP/1.1 and h2.
+    for kib in [62, 70, 200] {
+        let big = "b".repeat(kib * 1024);
+        let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+        let _ = c.send(
+            format!("GET /productpage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Big: {big}\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c
+            .response(false)
+            .with_context(|| format!("{kib} KiB over HTTP/1.1"))?;
+        assert_eq!(r.status, 431, "{kib} KiB over HTTP/1.1");
+    }
+    let rt = support::runtime();
+    let (ns, addr) = (bed.client.netns.clone(), bed.pod.mesh_addr());
+    for kib in [62, 70] {
+        let big = "b".repeat(kib * 1024);
+        let token = token.clone();
+        let ns = ns.clone();
+        let status = rt.block_on(async move {
+            let stream = support::connect_in(&ns, addr).await?;
+            let (client, conn) = h2::client::handshake(stream).await?;
+            tokio::spawn(conn);
+            let mut client = client.ready().await?;
+            let req = http::Request::get(format!("http://{addr}/productpage"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-big", big)
+                .body(())?;
+            let (resp, _) = client.send_request(req, true)?;
+            // A refused stream (reset) is as good as a 431: nothing forwarded.
+            Ok::<_, anyhow::Error>(
+                support::step("the h2 answer", resp)
+                    .await?
+                    .ok()
+                    .map(|r| r.status()),
+            )
+        })?;
+        assert!(
+            status.is_none_or(|s| s == 431),
+            "{kib} KiB over h2 answered {status:?}"
+        );
+    }
     assert!(bed.node.app_seen(&bed.pod).is_empty());
     assert!(run_rows(&bed.client, bed.pod.mesh_addr())
         .iter()
