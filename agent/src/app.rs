@@ -161,6 +161,7 @@ async fn run_engine(
             args.max_connections_per_source,
         ),
     });
+    crate::metrics::set_connection_limits(shared.limits.clone());
 
     let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());

@@ -16,6 +16,8 @@ pub mod kube_bed;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod raw_app;
+pub mod raw_client;
 pub mod sandbox;
 pub mod tcp_app;
 pub mod topology;

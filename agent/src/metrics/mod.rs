@@ -19,9 +19,11 @@ use tracing::{info, warn};
 use crate::proxy::WorkloadStats;
 
 mod bans;
+mod connections;
 mod jwks;
 mod token_cache;
 pub use bans::set_ban_tracker;
+pub use connections::set_connection_limits;
 pub use jwks::{record_jwks_fetch, retain_jwks_uris, set_jwks_store};
 pub use token_cache::set_token_cache;
 
@@ -133,6 +135,7 @@ impl Registry {
                 }
             }
         }
+        connections::render(&mut out);
         jwks::render(&mut out);
         token_cache::render(&mut out);
         bans::render(&mut out);
