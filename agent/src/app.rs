@@ -159,6 +159,7 @@ async fn run_engine(
         limits: ConnectionLimits::new(
             connection_cap(args.max_connections),
             args.max_connections_per_source,
+            args.max_requests,
         ),
     });
     crate::metrics::set_connection_limits(shared.limits.clone());

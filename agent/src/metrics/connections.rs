@@ -43,6 +43,23 @@ pub(super) fn render(out: &mut String) {
         "jwtgate_connection_limit{{cap=\"source\"}} {}",
         limits.per_source_max()
     );
+    out.push_str("# HELP jwtgate_requests_in_progress Requests and HTTP/2 streams in progress.\n");
+    out.push_str("# TYPE jwtgate_requests_in_progress gauge\n");
+    let _ = writeln!(
+        out,
+        "jwtgate_requests_in_progress {}",
+        limits.requests_in_progress()
+    );
+    out.push_str("# HELP jwtgate_requests_limit The cap on requests in progress, node-wide.\n");
+    out.push_str("# TYPE jwtgate_requests_limit gauge\n");
+    let _ = writeln!(out, "jwtgate_requests_limit {}", limits.requests_max());
+    out.push_str("# HELP jwtgate_requests_overloaded_total Requests answered 503 at the cap.\n");
+    out.push_str("# TYPE jwtgate_requests_overloaded_total counter\n");
+    let _ = writeln!(
+        out,
+        "jwtgate_requests_overloaded_total {}",
+        limits.refused_requests.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP jwtgate_connections_refused_total Connections reset at accept because a cap was reached.\n");
     out.push_str("# TYPE jwtgate_connections_refused_total counter\n");
     for (cap, value) in [

@@ -56,6 +56,10 @@ impl Default for Timeouts {
     }
 }
 
+/// Concurrent HTTP/2 streams one connection may hold: Envoy's recommended
+/// edge value (its default, 2^31, lets one connection hold any number).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// Why the watchdog ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
@@ -128,7 +132,7 @@ pub async fn serve_http2(
         .timer(TokioTimer::new())
         .max_header_list_size((MAX_HEAD_BYTES + 8 * 1024) as u32)
         // A bound on the streams one connection can hold open at once.
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     drive(conn, &stream, &ctx, shutdown).await;
 }
@@ -233,6 +237,15 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let ctx = self.0.clone();
         Box::pin(async move {
+            // A node-wide bound on requests in progress (each holds buffers
+            // and an upstream stream): over it, Envoy's overload answer.
+            let Some(permit) = ctx.shared.limits.start_request() else {
+                return Ok(overloaded().map(|body| PhaseBody {
+                    inner: body,
+                    in_flight: None,
+                    _permit: None,
+                }));
+            };
             let in_flight = ctx.activity.request_started();
             if let Some(refused) = upgrade::screen(&mut req) {
                 ctx.workload
@@ -242,6 +255,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
                 return Ok(refused.map(|body| PhaseBody {
                     inner: body,
                     in_flight: Some(in_flight),
+                    _permit: Some(permit),
                 }));
             }
             let resp = request::handle(req, &ctx).await;
@@ -254,6 +268,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
             Ok(resp.map(|body| PhaseBody {
                 inner: body,
                 in_flight,
+                _permit: Some(permit),
             }))
         })
     }
@@ -264,6 +279,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
 pub struct PhaseBody {
     inner: ProxyBody,
     in_flight: Option<InFlight>,
+    /// The request's place under `--max-requests`, given back with the body.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Envoy's overload manager reply.
+fn overloaded() -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(http_body_util::Either::Left(http_body_util::Full::new(
+        Bytes::from_static(b"envoy overloaded"),
+    )));
+    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp
 }
 
 impl PhaseBody {
