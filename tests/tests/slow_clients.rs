@@ -377,3 +377,46 @@ fn upgraded_connections_count_against_the_cap_and_idle_out() -> Result<()> {
     })
     .with_context(|| bed.node.agent_log())
 }
+
+/// Requests that never finish hold their place in the node-wide bound on
+/// requests in progress; over it a request gets Envoy's overload answer
+/// (503 "envoy overloaded") at once, and the places come back when the
+/// stalled requests go.
+#[test]
+fn requests_over_the_in_flight_cap_get_503_and_places_come_back() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("slow-inflight")?;
+    start_agent(&mut bed, &["--max-requests", "2"])?;
+    let mut stalled: Vec<RawConn> = (0..2)
+        .map(|_| -> Result<RawConn> {
+            let mut c = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+            // Allowed, forwarded, and its body never completes.
+            c.send(b"POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123")?;
+            Ok(c)
+        })
+        .collect::<Result<_>>()?;
+    eventually("both stalled requests in progress", || {
+        Ok(metric(&metrics(&bed)?, &["jwtgate_requests_in_progress"]) == Some(2.0))
+    })?;
+    let mut third = RawConn::connect(&bed.client.netns, bed.pod.mesh_addr())?;
+    third.send(b"GET /productpage HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let r = third.response(false)?;
+    assert_eq!(r.status, 503, "a request over the cap was not refused");
+    assert_eq!(String::from_utf8_lossy(&r.body), "envoy overloaded");
+    let m = metrics(&bed)?;
+    assert!(
+        metric(&m, &["jwtgate_requests_overloaded_total"]) >= Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, &["jwtgate_requests_limit"]), Some(2.0), "{m}");
+    // The stalled clients go away: their places are given back.
+    stalled.clear();
+    eventually("requests served after the stalled ones left", || {
+        Ok(served(&bed, &bed.client))
+    })?;
+    assert_eq!(
+        metric(&metrics(&bed)?, &["jwtgate_requests_in_progress"]),
+        Some(0.0)
+    );
+    Ok(())
+}
