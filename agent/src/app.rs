@@ -12,11 +12,13 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::cli::{AgentArgs, ProbeSourcesArg};
 use crate::datapath::{Datapath, DenyList};
 use crate::enroll::{Enroller, Inputs, LiveBackend};
+use crate::explain::Directory;
 use crate::jwt::TokenCache;
-use crate::metrics::Registry;
+use crate::metrics::{KernelReport, Metrics};
 use crate::netns::Finder;
 use crate::proxy::{
     BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, BAN_QUEUE,
@@ -66,7 +68,7 @@ async fn run_engine(
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Metrics::new());
     let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
@@ -90,17 +92,16 @@ async fn run_engine(
     let datapath = Arc::new(Mutex::new(datapath));
     {
         let datapath = datapath.clone();
-        registry.set_kernel_counters(Box::new(move || {
+        registry.report(move || {
             datapath
                 .lock()
                 .ok()
                 .and_then(|dp| dp.counters().ok())
-                .unwrap_or_default()
-        }));
+                .map(KernelReport)
+        });
     }
     let (ban_tx, ban_rx) = mpsc::channel(BAN_QUEUE);
     let bans = BanTracker::new(args.bans.config(), Some(ban_tx));
-    crate::metrics::set_ban_tracker(bans.clone());
     let mut deny = DenyList::open_pinned(&args.pin_root)?;
     match deny.adopt_manual_bans() {
         Ok(0) => {}
@@ -115,12 +116,21 @@ async fn run_engine(
     // One verified-token cache for every workload on the node; the JWKS
     // store tells it which keys left their sets.
     let token_cache = Arc::new(TokenCache::new(args.jwt.cache_config()));
-    let jwks = Arc::new(JwksStore::new(
-        args.jwt.jwks.options(),
-        Some(token_cache.clone()),
-    )?);
-    crate::metrics::set_token_cache(token_cache.clone());
-    crate::metrics::set_jwks_store(jwks.clone());
+    let mut jwks = JwksStore::new(args.jwt.jwks.options(), Some(token_cache.clone()))?;
+    jwks.count_fetches(registry.jwks_fetches());
+    let jwks = Arc::new(jwks);
+    let limits = ConnectionLimits::new(args.max_connections, args.max_connections_per_source);
+    crate::reporting::register(
+        &registry,
+        token_cache.clone(),
+        bans.clone(),
+        jwks.clone(),
+        limits.clone(),
+    );
+    let access_log = Arc::new(AccessLog::stdout(
+        args.access_log.config(args.log_format),
+        registry.access_log_suppressed.clone(),
+    ));
     let probe_sources = match &args.probe_sources {
         ProbeSourcesArg::List(list) => ProbeSources::new(list.iter().copied()),
         ProbeSourcesArg::Auto => {
@@ -144,7 +154,8 @@ async fn run_engine(
             drain_grace: Duration::from_millis(args.drain_grace_ms),
         },
         accept_http_10: args.accept_http10,
-        limits: ConnectionLimits::new(args.max_connections, args.max_connections_per_source),
+        limits,
+        access_log: access_log.clone(),
     });
 
     let policies = inputs.policies.borrow_and_update().clone();
@@ -159,11 +170,19 @@ async fn run_engine(
         shutdown_rx.clone(),
     ));
 
+    let directory = Arc::new(Directory::default());
+    {
+        let (directory, access_log) = (directory.clone(), access_log.clone());
+        registry.set_debug_handler(Arc::new(move |path: &str, query: &str| {
+            crate::explain::debug_answer(&directory, &access_log, path, query)
+        }));
+    }
     let drain = Arc::new(());
     let mut backend = LiveBackend {
         datapath,
         shared,
-        registry: registry.clone(),
+        metrics: registry.clone(),
+        directory,
         drain: drain.clone(),
         fail_open: args.fail_open,
         finder: Finder {

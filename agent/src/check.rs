@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
 use crate::authz::request_shape::{self, LocalReply, RequestHead, ShapeOptions};
-use crate::authz::{self, Decision};
+use crate::authz::{self, Decision, Reason};
 use crate::cli::CheckArgs;
 use crate::policy::WorkloadRef;
 use crate::sources::jwks::JwksStore;
@@ -138,7 +138,7 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
     };
     let decision = decide();
     // As in the proxy: one re-fetch before rejecting an unknown kid.
-    if crate::sources::jwks::unknown_kid(&decision)
+    if decision.reason.is_unknown_kid()
         && runtime.block_on(jwks.refetch_for_rules(&policy.jwt_rules))
     {
         return Ok((decide(), loaded.errors));
@@ -152,10 +152,9 @@ fn refused(reply: &LocalReply) -> Decision {
         status: reply.status,
         allowed: false,
         body: reply.body.to_owned(),
-        reason: format!(
-            "refused before authentication, as Envoy does ({})",
-            reply.details
-        ),
+        reason: Reason::Refused {
+            details: reply.details,
+        },
         principal: None,
         policy: None,
         audit: None,
@@ -186,7 +185,7 @@ fn render(d: &Decision, policy_errors: &[String], head: bool) -> serde_json::Val
         "status": d.status,
         "allowed": d.allowed,
         "body": body,
-        "reason": d.reason,
+        "reason": d.reason.to_string(),
         "principal": d.principal,
         "policy": d.policy,
         "audit": d.audit,
@@ -196,7 +195,7 @@ fn render(d: &Decision, policy_errors: &[String], head: bool) -> serde_json::Val
     })
 }
 
-fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair

@@ -8,6 +8,7 @@
 //! (the verifier in front of each enrolled workload), [`metrics`],
 //! and [`app`], which wires them together for `jwtgate agent`.
 
+pub mod access_log;
 pub mod addrs;
 pub mod app;
 pub mod authz;
@@ -15,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod datapath;
 pub mod enroll;
+pub mod explain;
 pub mod inbound;
 pub mod jwt;
 pub mod kube;
@@ -22,5 +24,6 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod reporting;
 pub mod sources;
 pub mod telemetry;

@@ -21,6 +21,8 @@ use jwtgate_e2e::privileged;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
+    // The field is `i64` on x86_64 and narrower elsewhere; widen to compare.
+    #[allow(clippy::unnecessary_cast)]
     nix::sys::statfs::statfs(path)
         .map(|st| st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
         .unwrap_or(false)

@@ -148,6 +148,10 @@ fn wanted_packages(toolchain: Option<&EbpfToolchain>) -> Vec<(&'static str, &'st
             "runc",
             "podman's runtime here: crun fails on hybrid cgroup layouts (xtask/podman/containers.conf)",
         ),
+        (
+            "prometheus",
+            "promtool check metrics, and a real Prometheus scraping the agent in the end-to-end tests",
+        ),
     ]);
     // nginx serves JWKS in the end-to-end tests; nginx-light is enough.
     if !installed("nginx-light") && !Path::new("/usr/sbin/nginx").exists() {

@@ -130,6 +130,9 @@ pub struct AgentArgs {
     /// Automatic bans (`cli/bans.rs`).
     #[command(flatten)]
     pub bans: super::BanArgs,
+    /// The access log (`cli/access_log.rs`).
+    #[command(flatten)]
+    pub access_log: super::AccessLogArgs,
 }
 
 /// `--probe-sources`.

@@ -2,14 +2,18 @@
 //! module parses and dispatches; it decides nothing itself. The arguments of
 //! `agent` and `check` live in their own files.
 
+mod access_log;
 mod agent;
 mod bans;
 mod check;
+mod explain;
 mod jwt;
 
+pub use access_log::AccessLogArgs;
 pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
+pub use explain::{ExplainArgs, ExplainOutput};
 pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
@@ -46,10 +50,15 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: enrol workloads, verify and forward their requests.
-    Agent(AgentArgs),
+    // Boxed: the agent's flags dwarf every other command's.
+    Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
     Check(CheckArgs),
+    /// Why 403? For one workload: the policies that select it, their
+    /// rules, and the last denials with their reasons — from a running
+    /// agent's admin endpoint, or from a policy folder.
+    Explain(ExplainArgs),
     /// Drop every packet from a source in the kernel (XDP), until the TTL
     /// expires. Operator bans are never evicted by automatic ones: when the
     /// map is full this fails instead.
@@ -120,7 +129,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
             crate::telemetry::init(args.log_format);
-            match crate::app::run(args) {
+            match crate::app::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");
@@ -131,6 +140,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => {
             crate::telemetry::init_quiet();
             crate::check::run(&args)
+        }
+        Command::Explain(args) => {
+            crate::telemetry::init_quiet();
+            explain::run(&args)
         }
         Command::DenySource(args) => {
             let ttl = args.ttl.map(Duration::from_secs);

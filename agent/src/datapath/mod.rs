@@ -338,19 +338,19 @@ impl Datapath {
         Ok(())
     }
 
-    /// Summed per-CPU counters: `(name, value)` for `STEER_STATS` then
-    /// `GUARD_STATS`.
-    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
+    /// Summed per-CPU counters: `(program, name, value)` for
+    /// `STEER_STATS` (`steer`) then `GUARD_STATS` (`guard`).
+    pub fn counters(&self) -> Result<Vec<(&'static str, &'static str, u64)>> {
         let mut out = Vec::with_capacity((steer_stat::COUNT + guard_stat::COUNT) as usize);
-        for (map, names) in [
-            (&self.steer_stats, &steer_stat::NAMES[..]),
-            (&self.guard_stats, &guard_stat::NAMES[..]),
+        for (program, map, names) in [
+            (PROG_STEER, &self.steer_stats, &steer_stat::NAMES[..]),
+            (PROG_GUARD, &self.guard_stats, &guard_stat::NAMES[..]),
         ] {
             for (i, name) in names.iter().enumerate() {
                 // A counter array pinned by an older agent may be shorter
                 // (counters are only ever appended): report what it has.
                 match map.get(&(i as u32), 0) {
-                    Ok(per_cpu) => out.push((*name, per_cpu.iter().sum())),
+                    Ok(per_cpu) => out.push((program, *name, per_cpu.iter().sum())),
                     Err(MapError::OutOfBounds { .. }) => {}
                     Err(e) => return Err(e).context("reading counters"),
                 }

@@ -144,12 +144,12 @@ async fn drive<C>(
         why = watchdog(&ctx.activity, timeouts) => {
             debug!(peer = %ctx.peer, ?why, "connection timed out");
             if why == Expired::HeaderRead {
-                ctx.workload.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                ctx.workload.stats.event(crate::metrics::InboundEvent::HeaderTimeout);
                 // hyper is waiting for the rest of a head, so nothing else
                 // writes now; best effort, the connection closes anyway.
                 let _ = stream.try_write(REQUEST_TIMEOUT);
             } else {
-                ctx.workload.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                ctx.workload.stats.event(crate::metrics::InboundEvent::IdleTimeout);
             }
             return;
         }
