@@ -55,9 +55,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inputs = match local {
             Some(local) => local.start(shutdown_rx.clone()),
-            None => crate::kube::start(&args, shutdown_rx.clone()).await?,
+            None => {
+                install_cni(&args)?;
+                crate::kube::start(&args, shutdown_rx.clone()).await?
+            }
         };
-        run_engine(args, inputs, shutdown_tx, shutdown_rx).await
+        let cni = args.cni.clone();
+        let kubeconfig = args.kubeconfig.clone();
+        let stopped = run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
+        // A newer agent needs the plugin whatever happened to our DaemonSet.
+        if let (Some(daemonset), Some(conf_dir), false) =
+            (&cni.uninstall_with, &cni.conf_dir, stopped.superseded)
+        {
+            uninstall_cni_if_removed(daemonset, conf_dir, kubeconfig.as_deref()).await;
+        }
+        Ok(())
     })
 }
 
@@ -67,7 +79,7 @@ async fn run_engine(
     mut inputs: Inputs,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let registry = Arc::new(Metrics::new());
     let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
     tokio::spawn(crate::metrics::serve(
@@ -119,7 +131,10 @@ async fn run_engine(
     let mut jwks = JwksStore::new(args.jwt.jwks.options(), Some(token_cache.clone()))?;
     jwks.count_fetches(registry.jwks_fetches());
     let jwks = Arc::new(jwks);
-    let limits = ConnectionLimits::new(args.max_connections, args.max_connections_per_source);
+    let limits = ConnectionLimits::new(
+        connection_cap(args.max_connections),
+        args.max_connections_per_source,
+    );
     crate::reporting::register(
         &registry,
         token_cache.clone(),
@@ -179,7 +194,7 @@ async fn run_engine(
     }
     let drain = Arc::new(());
     let mut backend = LiveBackend {
-        datapath,
+        datapath: datapath.clone(),
         shared,
         metrics: registry.clone(),
         directory,
@@ -205,6 +220,14 @@ async fn run_engine(
     let mut reported_failures = std::collections::BTreeMap::new();
     loop {
         enroller.reconcile(&mut backend);
+        if let Some(tx) = &inputs.enrolled {
+            let now = enroller.enrolled_instances();
+            tx.send_if_modified(|m| {
+                let changed = *m != now;
+                *m = now;
+                changed
+            });
+        }
         if let Some(tx) = &inputs.enrolment_failures {
             if enroller.pending() != &reported_failures {
                 reported_failures = enroller.pending().clone();
@@ -275,8 +298,19 @@ async fn run_engine(
             "drain deadline reached; closing remaining connections"
         );
     }
-    info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
-    Ok(())
+    let superseded = datapath.lock().map(|dp| dp.superseded()).unwrap_or(false);
+    if superseded {
+        info!("stopped; a newer agent holds the steering");
+    } else {
+        info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
+    }
+    Ok(Stopped { superseded })
+}
+
+/// How the engine ended.
+struct Stopped {
+    /// A newer agent took the node over (surge upgrade).
+    superseded: bool,
 }
 
 /// Write the ban policy's requests into the kernel's deny maps, and keep
@@ -358,6 +392,30 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Descriptors kept out of the connections' reach: enrolment (namespace
+/// files, listeners, netlink and bpf fds), JWKS fetches, the API client.
+const RESERVED_FDS: u64 = 1024;
+
+/// `--max-connections`, lowered if the open files limit could not hold it:
+/// every proxied connection takes two descriptors, and running out of them
+/// must never stop the enrolment of new pods.
+fn connection_cap(wanted: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let fits = (limit.saturating_sub(RESERVED_FDS) / 2) as usize;
+    if wanted > fits {
+        warn!(
+            wanted,
+            allowed = fits,
+            open_files_limit = limit,
+            "--max-connections lowered to what the open files limit holds (2 descriptors a connection, {RESERVED_FDS} kept for enrolment)"
+        );
+        return fits.max(1);
+    }
+    wanted
+}
+
 /// `--probe-sources auto`: the node's addresses (the agent runs in the
 /// node's network namespace), re-read every 10 s so an address added later
 /// (DHCP, a CNI bridge coming up) is recognised.
@@ -376,6 +434,42 @@ async fn follow_node_addresses(sources: ProbeSources, mut shutdown: watch::Recei
                 }
             }
             Err(err) => warn!("cannot list this node's addresses for probe sources: {err}"),
+        }
+    }
+}
+
+/// `--cni-bin-dir` / `--cni-conf-dir`: put the plugin in the node's chain
+/// before the first pod can be created against this agent.
+fn install_cni(args: &AgentArgs) -> anyhow::Result<()> {
+    let (Some(bin), Some(conf), Some(socket)) =
+        (&args.cni.bin_dir, &args.cni.conf_dir, &args.cni.socket)
+    else {
+        return Ok(());
+    };
+    let list =
+        crate::cni::install::install(bin, conf, socket).context("cannot install the CNI plugin")?;
+    info!(conflist = %list.display(), bin = %bin.display(), "CNI plugin installed: new pods are enrolled before they start");
+    Ok(())
+}
+
+/// Exiting because the DaemonSet is being deleted (not restarted or
+/// upgraded): take the plugin out, so new pods start without the agent.
+async fn uninstall_cni_if_removed(
+    daemonset: &str,
+    conf_dir: &std::path::Path,
+    kubeconfig: Option<&std::path::Path>,
+) {
+    match crate::kube::daemonset_removed(daemonset, kubeconfig).await {
+        Ok(true) => match crate::cni::install::uninstall(conf_dir) {
+            Ok(_) => info!(%daemonset, "DaemonSet removed: CNI plugin taken out of the chain"),
+            Err(err) => warn!("cannot take the CNI plugin out: {err:#}"),
+        },
+        Ok(false) => {
+            info!(%daemonset, "DaemonSet still there (restart or upgrade): CNI plugin kept")
+        }
+        // Unknown: keep it (fail closed; `jwtgate cni-uninstall` by hand).
+        Err(err) => {
+            warn!("cannot tell whether the DaemonSet is being removed, CNI plugin kept: {err:#}")
         }
     }
 }

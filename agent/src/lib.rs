@@ -14,6 +14,7 @@ pub mod app;
 pub mod authz;
 pub mod check;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod enroll;
 pub mod explain;

@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod jwks_server;
 pub mod kube_bed;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod sandbox;
 pub mod tcp_app;

@@ -43,6 +43,9 @@ pub struct AgentArgs {
         required_if_eq("kube", "true")
     )]
     pub node_name: Option<String>,
+    /// The CNI plugin (Kubernetes mode).
+    #[command(flatten)]
+    pub cni: super::CniArgs,
     /// kubeconfig file for --kube (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
     #[arg(long, value_name = "FILE", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,

@@ -6,6 +6,7 @@ mod access_log;
 mod agent;
 mod bans;
 mod check;
+mod cni;
 mod explain;
 mod jwt;
 
@@ -13,6 +14,7 @@ pub use access_log::AccessLogArgs;
 pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
+pub use cni::CniArgs;
 pub use explain::{ExplainArgs, ExplainOutput};
 pub use jwt::{JwksArgs, JwtArgs};
 
@@ -50,11 +52,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: enrol workloads, verify and forward their requests.
-    // Boxed: the agent's flags dwarf every other command's.
     Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Why 403? For one workload: the policies that select it, their
     /// rules, and the last denials with their reasons — from a running
     /// agent's admin endpoint, or from a policy folder.
