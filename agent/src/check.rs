@@ -126,23 +126,16 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     });
-    let decide = || {
-        authz::evaluate(
-            &policy,
-            &request,
-            &jwks,
-            now,
-            args.path_normalization.into(),
-            None,
-        )
-    };
-    let decision = decide();
-    // As in the proxy: one re-fetch before rejecting an unknown kid.
-    if decision.reason.is_unknown_kid()
-        && runtime.block_on(jwks.refetch_for_rules(&policy.jwt_rules))
-    {
-        return Ok((decide(), loaded.errors));
-    }
+    // Exactly as the proxy decides, the one re-fetch on an unknown kid
+    // included.
+    let decision = runtime.block_on(crate::sources::jwks::decide(
+        &jwks,
+        &policy,
+        &request,
+        now,
+        args.path_normalization.into(),
+        None,
+    ));
     Ok((decision, loaded.errors))
 }
 
