@@ -15,6 +15,7 @@ pub mod authz;
 pub mod check;
 pub mod cli;
 pub mod cni;
+pub mod config;
 pub mod datapath;
 pub mod enroll;
 pub mod explain;

@@ -315,7 +315,7 @@ fn every_case_decides_the_same_from_a_folder_and_from_the_api_server() -> Result
     })?;
     let args = agent_args(&api)?;
     let mut from_api = rt
-        .block_on(jwtgate::kube::start(&args, stopped.clone()))?
+        .block_on(jwtgate::kube::start(&args.config()?, stopped.clone()))?
         .policies;
 
     let token = demo_jwt();

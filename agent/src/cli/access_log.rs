@@ -2,8 +2,8 @@
 
 use clap::{ArgAction, Args};
 
-use super::LogFormat;
 use crate::access_log::AccessLogConfig;
+use crate::telemetry::LogFormat;
 
 #[derive(Args, Debug, Clone)]
 pub struct AccessLogArgs {

@@ -84,7 +84,7 @@ fn from_folder(args: &ExplainArgs, dir: &std::path::Path) -> anyhow::Result<Valu
         .workload
         .split_once('/')
         .ok_or_else(|| anyhow!("--workload {:?} is not namespace/name", args.workload))?;
-    let labels = crate::check::parse_labels(&args.labels)?;
+    let labels = super::check::parse_labels(&args.labels)?;
     let loaded = PolicyDir::new(dir).load()?;
     for err in &loaded.errors {
         eprintln!("jwtgate explain: policy: {err}");

@@ -102,9 +102,18 @@ pub struct AllowSourceArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub enum LogFormatArg {
     Text,
     Json,
+}
+
+impl From<LogFormatArg> for crate::telemetry::LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => crate::telemetry::LogFormat::Text,
+            LogFormatArg::Json => crate::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// `--path-normalization` values, named as in Istio's MeshConfig.
@@ -129,8 +138,15 @@ impl From<PathNormalizationArg> for PathNormalization {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
-            crate::telemetry::init(args.log_format);
-            match crate::app::run(*args) {
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("jwtgate agent: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::telemetry::init(config.log_format);
+            match crate::app::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");
@@ -140,7 +156,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Check(args) => {
             crate::telemetry::init_quiet();
-            crate::check::run(&args)
+            match args.input() {
+                Ok(input) => crate::check::run(&input),
+                Err(err) => {
+                    eprintln!("jwtgate check: {err:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Explain(args) => {
             crate::telemetry::init_quiet();
