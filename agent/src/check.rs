@@ -69,7 +69,7 @@ fn decide(args: &CheckInput) -> anyhow::Result<(Decision, Vec<String>)> {
     let headers = args.headers.clone();
     let loaded = PolicyDir::new(&args.policies).load()?;
     if let Some(file) = loaded.unusable_files.first() {
-        // serde_yaml's message carries the line and column.
+        // yaml_serde's message carries the line and column.
         bail!(
             "policy file {} cannot be used, so no decision is made: {}",
             file.origin,
