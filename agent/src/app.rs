@@ -134,6 +134,7 @@ async fn run_engine(
     let limits = ConnectionLimits::new(
         connection_cap(config.max_connections),
         config.max_connections_per_source,
+        config.max_requests,
     );
     crate::reporting::register(
         &registry,

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub probe_sources: ProbeSourcesConfig,
     pub max_connections: usize,
     pub max_connections_per_source: usize,
+    /// Requests and HTTP/2 streams in progress node-wide; over it, 503.
+    pub max_requests: usize,
     pub timeouts: Timeouts,
     pub accept_http10: bool,
     /// How long open connections may take to finish after SIGTERM.

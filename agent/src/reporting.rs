@@ -86,5 +86,8 @@ pub fn connections(limits: &ConnectionLimits) -> ConnectionReport {
         per_source_max: limits.per_source_max() as u64,
         refused_node: limits.refused_node.load(Ordering::Relaxed),
         refused_source: limits.refused_source.load(Ordering::Relaxed),
+        requests_in_progress: limits.requests_in_progress() as u64,
+        requests_max: limits.requests_max() as u64,
+        requests_overloaded: limits.refused_requests.load(Ordering::Relaxed),
     }
 }

@@ -83,6 +83,9 @@ fn populated() -> Metrics {
             per_source_max: 1024,
             refused_node: 0,
             refused_source: 3,
+            requests_in_progress: 2,
+            requests_max: 4096,
+            requests_overloaded: 5,
         })
     });
     metrics.report(|| {
@@ -177,6 +180,7 @@ fn every_dashboard_query_names_an_exported_series() {
         );
     }
     assert!(referenced.contains("jwtgate_requests_total"));
+    assert!(referenced.contains("jwtgate_requests_overloaded_total"));
 }
 
 /// Every sample and family name in a text exposition.

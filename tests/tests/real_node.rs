@@ -101,6 +101,22 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         "deploy/ no longer surges: adjust this test"
     );
     let for_1_20 = rendered.replace("maxUnavailable: 0", "maxUnavailable: 1");
+    // The node shares the host's /opt/cni/bin and /etc/cni/net.d: the agent
+    // must not install its CNI plugin into the real host's configuration.
+    // Until the node has private CNI directories, it runs without it.
+    let for_1_20 = without_cni_install(&for_1_20);
+    // And the hostPath volumes (DirectoryOrCreate) must not create those
+    // directories on the real host either.
+    let private = n.dir().join("agent-cni");
+    let for_1_20 = for_1_20
+        .replace(
+            "path: /opt/cni/bin",
+            &format!("path: {}/bin", private.display()),
+        )
+        .replace(
+            "path: /etc/cni/net.d",
+            &format!("path: {}/net.d", private.display()),
+        );
     n.kubectl_with_input(&["apply", "--validate=false", "-f", "-"], Some(&for_1_20))?;
     n.kubectl(&[
         "-n",
@@ -479,4 +495,20 @@ fn diagnostics(n: &Node) -> String {
 
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("path is not UTF-8")
+}
+
+/// The rendered manifests without the agent's CNI install flags (each flag
+/// and its value are separate list items in deploy/daemonset.yaml).
+fn without_cni_install(rendered: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = rendered.lines().peekable();
+    while let Some(line) = lines.next() {
+        let flag = line.trim_start().trim_start_matches("- ");
+        if ["--cni-bin-dir", "--cni-conf-dir", "--cni-uninstall-with"].contains(&flag) {
+            lines.next(); // its value
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n") + "\n"
 }

@@ -293,7 +293,8 @@ impl Report for JwksStoreReport {
     }
 }
 
-/// The caps on open downstream connections (`proxy::ConnectionLimits`).
+/// The node-wide caps (`proxy::ConnectionLimits`): open downstream
+/// connections (node and per source) and requests in progress.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionReport {
     pub open: u64,
@@ -302,33 +303,39 @@ pub struct ConnectionReport {
     pub per_source_max: u64,
     pub refused_node: u64,
     pub refused_source: u64,
+    /// HTTP/1 requests and HTTP/2 streams in progress, node-wide.
+    pub requests_in_progress: u64,
+    pub requests_max: u64,
+    /// Requests answered 503 because `requests_max` were in progress.
+    pub requests_overloaded: u64,
 }
 
 impl Report for ConnectionReport {
     fn encode(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         for (name, help, value) in [
             (
-                "node_connections_open",
-                "Downstream connections open on the node, every workload together.",
+                "connections_open",
+                "Downstream connections open now (HTTP, TCP and upgraded), every workload together.",
                 self.open,
-            ),
-            (
-                "node_connections_max",
-                "Bound on jwtgate_node_connections_open (--max-connections).",
-                self.max,
             ),
             (
                 "connection_sources",
                 "Source addresses holding at least one open connection.",
                 self.sources,
             ),
-            (
-                "connections_per_source_max",
-                "Open connections one source may hold (--max-connections-per-source).",
-                self.per_source_max,
-            ),
         ] {
             gauge(enc, name, help, value)?;
+        }
+        // One family for both caps, so a panel can set each against what
+        // it bounds with one query.
+        let mut family = enc.encode_descriptor(
+            "connection_limit",
+            "The caps on open connections: node-wide (--max-connections) and per source (--max-connections-per-source).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (cap, n) in [("node", self.max), ("source", self.per_source_max)] {
+            ConstGauge::new(n).encode(family.encode_family(&[("cap", cap)])?)?;
         }
         let mut family = enc.encode_descriptor(
             "connections_refused",
@@ -339,7 +346,24 @@ impl Report for ConnectionReport {
         for (cap, n) in [("node", self.refused_node), ("source", self.refused_source)] {
             ConstCounter::new(n).encode(family.encode_family(&[("cap", cap)])?)?;
         }
-        Ok(())
+        gauge(
+            enc,
+            "requests_in_progress",
+            "HTTP/1 requests and HTTP/2 streams in progress, node-wide.",
+            self.requests_in_progress,
+        )?;
+        gauge(
+            enc,
+            "requests_limit",
+            "The cap on requests in progress, node-wide (--max-requests).",
+            self.requests_max,
+        )?;
+        counter(
+            enc,
+            "requests_overloaded",
+            "Requests answered 503 (envoy overloaded) because the cap on requests in progress was reached.",
+            self.requests_overloaded,
+        )
     }
 }
 

@@ -63,6 +63,27 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     resp
 }
 
+/// Count and log `resp`, the 403 `upgrade::screen` gives an upgrade the
+/// proxy does not carry: a request refused before any filter, as Envoy's
+/// connection manager refuses it (`upgrade_failed`).
+pub fn refused_upgrade(
+    req: &Request<Incoming>,
+    resp: Response<ProxyBody>,
+    ctx: &ConnContext,
+) -> Response<ProxyBody> {
+    let started = Started::now();
+    ctx.workload.stats.event(InboundEvent::RefusedShape);
+    let reason = Reason::Refused {
+        details: "upgrade_failed",
+    };
+    let answered = Answered::local(&reason, None, "-", &resp);
+    answered.count(ctx, &started, Protocol::Http);
+    ctx.shared
+        .access_log
+        .denied(answered.entry(ctx, &started, RequestLog::of(req, None)));
+    resp
+}
+
 async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let started = Started::now();
     let stats = &ctx.workload.stats;
@@ -566,6 +587,10 @@ fn prepare_forward(
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
+        // `Connection: host` (or a framing header) is no hop-by-hop header
+        // a client may have removed: the app would get a request without
+        // the Host the policies matched.
+        .filter(|v| !matches!(v.as_str(), "host" | "content-length" | "transfer-encoding"))
         .collect();
     for name in HOP_BY_HOP
         .iter()
