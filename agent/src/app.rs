@@ -12,14 +12,16 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::cli::{AgentArgs, ProbeSourcesArg};
+use crate::access_log::AccessLog;
+use crate::config::{AgentConfig, ProbeSourcesConfig};
 use crate::datapath::{Datapath, DenyList};
 use crate::enroll::{Enroller, Inputs, LiveBackend};
+use crate::explain::Directory;
 use crate::jwt::TokenCache;
-use crate::metrics::Registry;
+use crate::metrics::{KernelReport, Metrics};
 use crate::netns::Finder;
 use crate::proxy::{
-    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, BAN_QUEUE,
+    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, BAN_QUEUE,
 };
 use crate::sources::jwks::JwksStore;
 
@@ -29,15 +31,15 @@ const ENROL_RETRY: Duration = Duration::from_secs(2);
 /// How often the ban policy re-reads the node's own addresses.
 const NODE_ADDRESSES_REFRESH: Duration = Duration::from_secs(30);
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    info!(config = ?args, "starting jwtgate agent");
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    info!(config = ?config, "starting jwtgate agent");
     raise_open_files_limit();
     // Local mode reads its files before anything else, so a bad path fails
     // at once with the file named.
-    let local = if args.kube {
+    let local = if config.kube {
         None
     } else {
-        let (policies, workloads) = match (&args.policies, &args.workloads) {
+        let (policies, workloads) = match (&config.policies, &config.workloads) {
             (Some(p), Some(w)) => (p, w),
             _ => anyhow::bail!("give --policies and --workloads, or --kube"),
         };
@@ -54,13 +56,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let inputs = match local {
             Some(local) => local.start(shutdown_rx.clone()),
             None => {
-                install_cni(&args)?;
-                crate::kube::start(&args, shutdown_rx.clone()).await?
+                install_cni(&config)?;
+                crate::kube::start(&config, shutdown_rx.clone()).await?
             }
         };
-        let cni = args.cni.clone();
-        let kubeconfig = args.kubeconfig.clone();
-        let stopped = run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
+        let cni = config.cni.clone();
+        let kubeconfig = config.kubeconfig.clone();
+        let stopped = run_engine(config, inputs, shutdown_tx, shutdown_rx).await?;
         // A newer agent needs the plugin whatever happened to our DaemonSet.
         if let (Some(daemonset), Some(conf_dir), false) =
             (&cni.uninstall_with, &cni.conf_dir, stopped.superseded)
@@ -73,19 +75,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Everything after the source: identical for local and Kubernetes mode.
 async fn run_engine(
-    args: AgentArgs,
+    config: AgentConfig,
     mut inputs: Inputs,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<Stopped> {
-    let registry = Arc::new(Registry::default());
-    let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
+    let registry = Arc::new(Metrics::new());
+    let metrics_listener = crate::metrics::bind(config.metrics_addr).await?;
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
         registry.clone(),
         shutdown_rx.clone(),
     ));
-    if let Some(path) = &args.health_socket {
+    if let Some(path) = &config.health_socket {
         tokio::spawn(crate::metrics::serve_unix(
             path.clone(),
             registry.clone(),
@@ -93,27 +95,26 @@ async fn run_engine(
         ));
     }
 
-    let datapath = Datapath::open(&args.pin_root).with_context(|| {
+    let datapath = Datapath::open(&config.pin_root).with_context(|| {
         format!(
             "cannot set up the eBPF datapath under {}",
-            args.pin_root.display()
+            config.pin_root.display()
         )
     })?;
     let datapath = Arc::new(Mutex::new(datapath));
     {
         let datapath = datapath.clone();
-        registry.set_kernel_counters(Box::new(move || {
+        registry.report(move || {
             datapath
                 .lock()
                 .ok()
                 .and_then(|dp| dp.counters().ok())
-                .unwrap_or_default()
-        }));
+                .map(KernelReport)
+        });
     }
     let (ban_tx, ban_rx) = mpsc::channel(BAN_QUEUE);
-    let bans = BanTracker::new(args.bans.config(), Some(ban_tx));
-    crate::metrics::set_ban_tracker(bans.clone());
-    let mut deny = DenyList::open_pinned(&args.pin_root)?;
+    let bans = BanTracker::new(config.bans.clone(), Some(ban_tx));
+    let mut deny = DenyList::open_pinned(&config.pin_root)?;
     match deny.adopt_manual_bans() {
         Ok(0) => {}
         Ok(n) => info!(
@@ -126,16 +127,30 @@ async fn run_engine(
 
     // One verified-token cache for every workload on the node; the JWKS
     // store tells it which keys left their sets.
-    let token_cache = Arc::new(TokenCache::new(args.jwt.cache_config()));
-    let jwks = Arc::new(JwksStore::new(
-        args.jwt.jwks.options(),
-        Some(token_cache.clone()),
-    )?);
-    crate::metrics::set_token_cache(token_cache.clone());
-    crate::metrics::set_jwks_store(jwks.clone());
-    let probe_sources = match &args.probe_sources {
-        ProbeSourcesArg::List(list) => ProbeSources::new(list.iter().copied()),
-        ProbeSourcesArg::Auto => {
+    let token_cache = Arc::new(TokenCache::new(config.token_cache));
+    let mut jwks = JwksStore::new(config.jwks.clone(), Some(token_cache.clone()))?;
+    jwks.count_fetches(registry.jwks_fetches());
+    let jwks = Arc::new(jwks);
+    let limits = ConnectionLimits::new(
+        connection_cap(config.max_connections),
+        config.max_connections_per_source,
+        config.max_requests,
+        config.max_requests_per_source,
+    );
+    crate::reporting::register(
+        &registry,
+        token_cache.clone(),
+        bans.clone(),
+        jwks.clone(),
+        limits.clone(),
+    );
+    let access_log = Arc::new(AccessLog::stdout(
+        config.access_log.clone(),
+        registry.access_log_suppressed.clone(),
+    ));
+    let probe_sources = match &config.probe_sources {
+        ProbeSourcesConfig::List(list) => ProbeSources::new(list.iter().copied()),
+        ProbeSourcesConfig::Auto => {
             let sources = ProbeSources::default();
             tokio::spawn(follow_node_addresses(sources.clone(), shutdown_rx.clone()));
             sources
@@ -144,26 +159,15 @@ async fn run_engine(
     let shared = Arc::new(Shared {
         jwks: jwks.clone(),
         token_cache,
-        normalization: args.path_normalization.into(),
+        normalization: config.path_normalization,
         bans,
-        sniff_timeout: (args.protocol_detection_timeout_ms > 0)
-            .then(|| Duration::from_millis(args.protocol_detection_timeout_ms)),
+        sniff_timeout: config.protocol_detection_timeout,
         probe_sources,
-        timeouts: Timeouts {
-            header_read: Duration::from_secs(args.header_read_timeout_secs),
-            idle: Duration::from_secs(args.idle_timeout_secs),
-            stream_idle: Duration::from_secs(args.stream_idle_timeout_secs),
-            drain_grace: Duration::from_millis(args.drain_grace_ms),
-        },
-        accept_http_10: args.accept_http10,
-        limits: ConnectionLimits::new(
-            connection_cap(args.max_connections),
-            args.max_connections_per_source,
-            args.max_requests,
-            args.max_requests_per_source,
-        ),
+        timeouts: config.timeouts,
+        accept_http_10: config.accept_http10,
+        limits,
+        access_log: access_log.clone(),
     });
-    crate::metrics::set_connection_limits(shared.limits.clone());
 
     let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
@@ -171,24 +175,32 @@ async fn run_engine(
     tokio::spawn(crate::sources::jwks::keep_fresh(
         jwks,
         jwks_uris_rx,
-        Duration::from_secs(args.jwks_refresh_secs),
+        config.jwks_refresh,
         jwks_done_tx,
         inputs.jwks_outcomes.take(),
         shutdown_rx.clone(),
     ));
 
+    let directory = Arc::new(Directory::default());
+    {
+        let (directory, access_log) = (directory.clone(), access_log.clone());
+        registry.set_debug_handler(Arc::new(move |path: &str, query: &str| {
+            crate::explain::debug_answer(&directory, &access_log, path, query)
+        }));
+    }
     let drain = Arc::new(());
     let mut backend = LiveBackend {
         datapath: datapath.clone(),
         shared,
-        registry: registry.clone(),
+        metrics: registry.clone(),
+        directory,
         drain: drain.clone(),
-        fail_open: args.fail_open,
+        fail_open: config.fail_open,
         finder: Finder {
-            proc_root: args.host_proc.clone(),
+            proc_root: config.host_proc.clone(),
         },
     };
-    let mut enroller = Enroller::new(&args.root_namespace);
+    let mut enroller = Enroller::new(&config.root_namespace);
     enroller.set_policies(policies);
     if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
         enroller.set_workloads(wls);
@@ -270,7 +282,7 @@ async fn run_engine(
     for handle in enroller.handles() {
         handle.stop();
     }
-    let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+    let deadline = Instant::now() + config.drain;
     while Arc::strong_count(&drain) > 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -424,10 +436,12 @@ async fn follow_node_addresses(sources: ProbeSources, mut shutdown: watch::Recei
 
 /// `--cni-bin-dir` / `--cni-conf-dir`: put the plugin in the node's chain
 /// before the first pod can be created against this agent.
-fn install_cni(args: &AgentArgs) -> anyhow::Result<()> {
-    let (Some(bin), Some(conf), Some(socket)) =
-        (&args.cni.bin_dir, &args.cni.conf_dir, &args.cni.socket)
-    else {
+fn install_cni(config: &AgentConfig) -> anyhow::Result<()> {
+    let (Some(bin), Some(conf), Some(socket)) = (
+        &config.cni.bin_dir,
+        &config.cni.conf_dir,
+        &config.cni.socket,
+    ) else {
         return Ok(());
     };
     let list =

@@ -6,20 +6,45 @@
 //! keeps that file's last good version in force).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::bail;
 use serde_json::json;
 
 use crate::authz::request_shape::{self, LocalReply, RequestHead, ShapeOptions};
-use crate::authz::{self, Decision};
-use crate::cli::CheckArgs;
+use crate::authz::{self, Decision, PathNormalization, Reason};
 use crate::policy::WorkloadRef;
-use crate::sources::jwks::JwksStore;
+use crate::sources::jwks::{JwksOptions, JwksStore};
 use crate::sources::policy_dir::PolicyDir;
 
-pub fn run(args: &CheckArgs) -> ExitCode {
+/// One request to decide, and where its policies come from (built from the
+/// command line by `cli/check.rs`).
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub policies: PathBuf,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub method: String,
+    /// Request target, path plus optional query.
+    pub path: String,
+    /// The Host header exactly as the client sends it.
+    pub host: String,
+    pub port: u16,
+    /// Further headers, names lower case.
+    pub headers: Vec<(String, String)>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    /// The clock for `exp`/`nbf` (default: now).
+    pub now: Option<u64>,
+    pub root_namespace: String,
+    pub path_normalization: PathNormalization,
+    pub jwks: JwksOptions,
+}
+
+pub fn run(args: &CheckInput) -> ExitCode {
     match decide(args) {
         Ok((decision, policy_errors)) => {
             let head = args.method == "HEAD";
@@ -39,16 +64,12 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 
 /// The decision plus the policy problems met on the way (invalid resources
 /// are left out, as in the agent, and reported on stderr and in the JSON).
-fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
-    let labels = parse_labels(&args.labels)?;
-    let headers = args
-        .headers
-        .iter()
-        .map(|h| parse_header(h))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+fn decide(args: &CheckInput) -> anyhow::Result<(Decision, Vec<String>)> {
+    let labels = args.labels.clone();
+    let headers = args.headers.clone();
     let loaded = PolicyDir::new(&args.policies).load()?;
     if let Some(file) = loaded.unusable_files.first() {
-        // serde_yaml's message carries the line and column.
+        // yaml_serde's message carries the line and column.
         bail!(
             "policy file {} cannot be used, so no decision is made: {}",
             file.origin,
@@ -95,7 +116,7 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
         Ok(admitted) => admitted,
         Err(reply) => return Ok((refused(&reply), loaded.errors)),
     };
-    let jwks = JwksStore::new(args.jwks.options(), None)?;
+    let jwks = JwksStore::new(args.jwks.clone(), None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -126,23 +147,16 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     });
-    let decide = || {
-        authz::evaluate(
-            &policy,
-            &request,
-            &jwks,
-            now,
-            args.path_normalization.into(),
-            None,
-        )
-    };
-    let decision = decide();
-    // As in the proxy: one re-fetch before rejecting an unknown kid.
-    if crate::sources::jwks::unknown_kid(&decision)
-        && runtime.block_on(jwks.refetch_for_rules(&policy.jwt_rules))
-    {
-        return Ok((decide(), loaded.errors));
-    }
+    // Exactly as the proxy decides, the one re-fetch on an unknown kid
+    // included.
+    let decision = runtime.block_on(crate::sources::jwks::decide(
+        &jwks,
+        &policy,
+        &request,
+        now,
+        args.path_normalization,
+        None,
+    ));
     Ok((decision, loaded.errors))
 }
 
@@ -152,10 +166,9 @@ fn refused(reply: &LocalReply) -> Decision {
         status: reply.status,
         allowed: false,
         body: reply.body.to_owned(),
-        reason: format!(
-            "refused before authentication, as Envoy does ({})",
-            reply.details
-        ),
+        reason: Reason::Refused {
+            details: reply.details,
+        },
         principal: None,
         policy: None,
         audit: None,
@@ -186,7 +199,7 @@ fn render(d: &Decision, policy_errors: &[String], head: bool) -> serde_json::Val
         "status": d.status,
         "allowed": d.allowed,
         "body": body,
-        "reason": d.reason,
+        "reason": d.reason.to_string(),
         "principal": d.principal,
         "policy": d.policy,
         "audit": d.audit,
@@ -194,48 +207,4 @@ fn render(d: &Decision, policy_errors: &[String], head: bool) -> serde_json::Val
         "headers": headers,
         "policy_errors": policy_errors,
     })
-}
-
-fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut labels = BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--labels: {pair:?} is not k=v"))?;
-        if k.is_empty() {
-            bail!("--labels: empty label name in {pair:?}");
-        }
-        labels.insert(k.to_string(), v.to_string());
-    }
-    Ok(labels)
-}
-
-fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
-    let (name, value) = text
-        .split_once(':')
-        .with_context(|| format!("--header {text:?} is not 'Name: value'"))?;
-    let name = name.trim();
-    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        bail!("--header {text:?}: invalid header name");
-    }
-    Ok((name.to_ascii_lowercase(), value.trim().to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_and_headers_parse_or_say_why() {
-        let labels = parse_labels("app=httpbin, version=v1").unwrap();
-        assert_eq!(labels.get("version").map(String::as_str), Some("v1"));
-        assert!(parse_labels("app").is_err());
-        assert!(parse_labels("=x").is_err());
-        assert_eq!(
-            parse_header("Authorization: Bearer a.b.c").unwrap(),
-            ("authorization".to_string(), "Bearer a.b.c".to_string())
-        );
-        assert!(parse_header("no colon").is_err());
-        assert!(parse_header("bad name: x").is_err());
-    }
 }

@@ -8,14 +8,17 @@
 //! (the verifier in front of each enrolled workload), [`metrics`],
 //! and [`app`], which wires them together for `jwtgate agent`.
 
+pub mod access_log;
 pub mod addrs;
 pub mod app;
 pub mod authz;
 pub mod check;
 pub mod cli;
 pub mod cni;
+pub mod config;
 pub mod datapath;
 pub mod enroll;
+pub mod explain;
 pub mod inbound;
 pub mod jwt;
 pub mod kube;
@@ -23,5 +26,6 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod reporting;
 pub mod sources;
 pub mod telemetry;

@@ -2,7 +2,13 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How the agent's own logs (and its access log) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Logs for the long-running agent.
 pub fn init(format: LogFormat) {

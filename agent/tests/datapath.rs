@@ -112,9 +112,9 @@ fn counter(dp: &Datapath, name: &str) -> u64 {
     dp.counters()
         .unwrap()
         .into_iter()
-        .find(|(n, _)| *n == name)
+        .find(|(_, n, _)| *n == name)
         .unwrap_or_else(|| panic!("no counter {name}"))
-        .1
+        .2
 }
 
 /// Blocking connect from a chosen source address (std cannot bind before

@@ -270,6 +270,11 @@ impl Agent {
         self.metrics
     }
 
+    /// The file the agent's stdout (access log) and stderr go to.
+    pub fn log_path(&self) -> &Path {
+        &self.files.log
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -254,7 +254,7 @@ impl ApiServer {
     pub fn apply(&self, yaml: &str) -> Result<()> {
         let client = self.client()?;
         self.rt.block_on(async {
-            for doc in serde_yaml::Deserializer::from_str(yaml) {
+            for doc in yaml_serde::Deserializer::from_str(yaml) {
                 let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
                 if value.is_null() {
                     continue;

@@ -512,6 +512,13 @@ impl TestNode {
         format!("--- {}\n{}", log.display(), crate::process::tail(&log, 200))
     }
 
+    /// The agent's whole log, for assertions on what it ever said: the
+    /// access log (a line per denial) can push a start-up or enrolment line
+    /// out of `agent_log`'s tail.
+    pub fn agent_log_full(&self) -> String {
+        std::fs::read_to_string(self.agent_files().log).unwrap_or_default()
+    }
+
     /// Runs a one-shot `jwtgate` subcommand (e.g. `deny-source`).
     pub fn jwtgate(&self, args: &[&str]) -> Result<Output> {
         crate::agent::jwtgate(args)

@@ -112,7 +112,12 @@ fn ban_is_scoped_to_the_attacked_workload_then_node_wide() -> Result<()> {
     served(&attacker, &third)?;
     served(&bystander, &first)?;
     assert_eq!(metric(&bed, "jwtgate_bans_total{scope=\"workload\"}")?, 1);
-    assert!(metric(&bed, "jwtgate_ebpf_events_total{event=\"drop_pair\"}")? > 0);
+    assert!(
+        metric(
+            &bed,
+            "jwtgate_ebpf_events_total{program=\"guard\",event=\"drop_pair\"}"
+        )? > 0
+    );
 
     // A second attacked workload (--ban-source-wide-after 2): node-wide.
     forge(&attacker, &second, BAN_AFTER)?;

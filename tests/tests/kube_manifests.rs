@@ -32,8 +32,8 @@ fn deploy_manifests_are_valid_for_kubernetes_1_30_and_newer() -> Result<()> {
     };
     let deploy = workspace_root().join("deploy");
     // The kustomization's resources, so a file added there is validated too.
-    let kustomization: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(deploy.join("kustomization.yaml"))?)?;
+    let kustomization: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(deploy.join("kustomization.yaml"))?)?;
     let files: Vec<PathBuf> = kustomization["resources"]
         .as_sequence()
         .context("kustomization without resources")?

@@ -274,7 +274,10 @@ fn kube_pod_deleted_or_relabelled_leaves_nothing_behind() -> Result<()> {
         .collect();
     assert!(left.is_empty(), "pins left behind: {left:?}");
     let metrics = bed.node.agent().expect("agent running").metrics()?;
-    assert!(!metrics.contains("workload=\"foo/web\""), "{metrics}");
+    assert!(
+        !metrics.contains("destination_workload=\"web\",destination_workload_namespace=\"foo\""),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -102,6 +102,20 @@ fn upgrade_to_another_protocol_is_refused_like_envoy() -> Result<()> {
         app.heads()
     );
     assert_never_reached(&app);
+    // Counted as a request refused before any filter, as Envoy's
+    // `upgrade_failed` local reply.
+    let m = bed.node.agent().context("no agent")?.metrics()?;
+    assert!(
+        support::metric(
+            &m,
+            &[
+                "jwtgate_requests_total{",
+                "response_code=\"403\"",
+                "reason=\"request_refused\""
+            ]
+        ) >= Some(1.0),
+        "{m}"
+    );
     Ok(())
 }
 

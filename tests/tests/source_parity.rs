@@ -315,7 +315,7 @@ fn every_case_decides_the_same_from_a_folder_and_from_the_api_server() -> Result
     })?;
     let args = agent_args(&api)?;
     let mut from_api = rt
-        .block_on(jwtgate::kube::start(&args, stopped.clone()))?
+        .block_on(jwtgate::kube::start(&args.config()?, stopped.clone()))?
         .policies;
 
     let token = demo_jwt();
@@ -473,12 +473,12 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 /// `(apiVersion, kind, namespace, name)` of each document.
 fn objects(yaml: &str) -> Result<Vec<(String, String, String, String)>> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+    for doc in yaml_serde::Deserializer::from_str(yaml) {
+        let v: yaml_serde::Value = serde::Deserialize::deserialize(doc)?;
         if v.is_null() {
             continue;
         }
-        let s = |v: &serde_yaml::Value| v.as_str().unwrap_or_default().to_owned();
+        let s = |v: &yaml_serde::Value| v.as_str().unwrap_or_default().to_owned();
         out.push((
             s(&v["apiVersion"]),
             s(&v["kind"]),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 /// Folder where the manifests live, relative to the workspace.
 pub const DEPLOY_DIR: &str = "deploy";
@@ -166,7 +166,7 @@ pub fn load(root: &Path) -> Result<PodRun> {
 pub fn load_file(file: &Path) -> Result<Option<PodRun>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in yaml_serde::Deserializer::from_str(&text) {
         let v = Value::deserialize(doc).with_context(|| format!("parsing {}", file.display()))?;
         if str_at(&v, &["kind"]) == Some("DaemonSet") {
             return parse(&v, file)
@@ -440,7 +440,7 @@ spec:
 "#;
 
     fn parsed(text: &str) -> Result<PodRun> {
-        parse(&serde_yaml::from_str(text)?, Path::new("ds.yaml"))
+        parse(&yaml_serde::from_str(text)?, Path::new("ds.yaml"))
     }
 
     #[test]

@@ -92,14 +92,17 @@ fn show(bed: &mut FaqBed, args: &DemoArgs) -> Result<usize> {
     println!("  pins    {}", bed.node.pin_root().display());
     println!("policies: RequestAuthentication jwt-example, AuthorizationPolicy test-exclude (DENY notRequestPrincipals ['*'] notPaths ['/productpage'])");
     interrupt::check()?;
-    bed.start_agent()?;
-    println!(
-        "agent ready (metrics on http://{})",
-        bed.node
-            .agent()
-            .map(|a| a.metrics_addr().to_string())
-            .unwrap_or_default()
-    );
+    // Every decision in the access log, allowed ones too, for the show.
+    bed.node.start_agent(&jwtgate_e2e::agent::AgentOptions {
+        extra_args: vec!["--access-log-allowed-sample".into(), "1".into()],
+        ..Default::default()
+    })?;
+    let admin = bed
+        .node
+        .agent()
+        .map(|a| a.metrics_addr().to_string())
+        .unwrap_or_default();
+    println!("agent ready: metrics on http://{admin}/metrics");
     show_programs();
     interrupt::check()?;
 
@@ -109,6 +112,7 @@ fn show(bed: &mut FaqBed, args: &DemoArgs) -> Result<usize> {
         bed.pod.mesh_addr()
     );
     println!("{}", faq::format_table(&results));
+    show_access_log(bed, &admin);
     let mismatches = results.iter().filter(|r| !r.ok()).count();
     if mismatches > 0 {
         println!("agent log (last lines):\n{}", bed.node.agent_log());
@@ -134,6 +138,29 @@ fn show(bed: &mut FaqBed, args: &DemoArgs) -> Result<usize> {
         println!("\nCtrl-C: cleaning up");
     }
     Ok(mismatches)
+}
+
+/// The last access-log lines (the agent writes them to stdout, which the
+/// test bed keeps in the agent's log) and where to look further.
+fn show_access_log(bed: &FaqBed, admin: &str) {
+    // Give the log's writer thread a moment to catch up.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = bed
+        .node
+        .agent()
+        .and_then(|a| std::fs::read_to_string(a.log_path()).ok())
+        .unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('[')).collect();
+    println!(
+        "access log (last {} of {} lines):",
+        lines.len().min(5),
+        lines.len()
+    );
+    for l in &lines[lines.len().saturating_sub(5)..] {
+        println!("  {l}");
+    }
+    println!("metrics:  curl -s http://{admin}/metrics | grep jwtgate_requests_total");
+    println!("why 403:  jwtgate explain --agent {admin} --workload foo/productpage\n");
 }
 
 /// Points the test bed at the agent binary: --jwtgate-bin, $JWTGATE_BIN, the one

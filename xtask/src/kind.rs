@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, ensure, Context, Result};
 use jwtgate_e2e::faq;
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::build::workspace_root;
 use crate::image;
@@ -148,7 +148,7 @@ pub fn render(root: &Path) -> Result<Rendered> {
     let jwtgate = kustomize(&root.join("deploy"))?;
     let mut apps = read_docs(&kind.join("apps.yaml"))?;
     let jwks = std::fs::read_to_string(jwtgate_e2e::testdata("istio-samples/jwks.json"))?;
-    apps.push(serde_yaml::from_str(&format!(
+    apps.push(yaml_serde::from_str(&format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: jwks, namespace: {}}}\ndata: {{}}\n",
         faq::NAMESPACE
     ))?);
@@ -158,7 +158,7 @@ pub fn render(root: &Path) -> Result<Rendered> {
         faq::authorization_policy(faq::NAMESPACE, APP),
     ]
     .iter()
-    .map(|y| serde_yaml::from_str(y))
+    .map(|y| yaml_serde::from_str(y))
     .collect::<Result<_, _>>()?;
     Ok(Rendered {
         cluster_config: kind.join("cluster.yaml"),
@@ -174,7 +174,7 @@ pub fn render(root: &Path) -> Result<Rendered> {
 /// refused rather than misrendered.
 fn kustomize(dir: &Path) -> Result<Vec<Value>> {
     let file = dir.join("kustomization.yaml");
-    let k: Value = serde_yaml::from_str(
+    let k: Value = yaml_serde::from_str(
         &std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
     )?;
     for key in k
@@ -231,7 +231,7 @@ fn is_namespaced(doc: &Value) -> bool {
 fn read_docs(path: &Path) -> Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(Value::deserialize)
         .filter(|d| !matches!(d, Ok(Value::Null)))
         .collect::<Result<_, _>>()
@@ -322,7 +322,7 @@ fn validate_kind_parts(r: &Rendered) -> Result<()> {
         });
         ensure!(served, "no CRD serves {group}/{version} {:?}", p["kind"]);
     }
-    let cluster: Value = serde_yaml::from_str(&std::fs::read_to_string(&r.cluster_config)?)?;
+    let cluster: Value = yaml_serde::from_str(&std::fs::read_to_string(&r.cluster_config)?)?;
     ensure!(
         cluster["kind"] == "Cluster" && cluster["apiVersion"] == "kind.x-k8s.io/v1alpha4",
         "{} is not a kind cluster config",
@@ -384,7 +384,7 @@ fn apply(dir: &Path, name: &str, docs: &[Value]) -> Result<()> {
     let file = dir.join(format!("{name}.yaml"));
     let text: Vec<String> = docs
         .iter()
-        .map(serde_yaml::to_string)
+        .map(yaml_serde::to_string)
         .collect::<Result<_, _>>()?;
     std::fs::write(&file, text.join("---\n"))?;
     kubectl(&[
@@ -427,7 +427,7 @@ fn kubernetes_validate(r: &Rendered) -> Result<Option<String>> {
         .jwtgate
         .iter()
         .chain(&r.apps)
-        .map(serde_yaml::to_string)
+        .map(yaml_serde::to_string)
         .collect::<Result<_, _>>()?;
     std::fs::write(&file, docs.join("---\n"))?;
     let out = Command::new("kubernetes-validate")

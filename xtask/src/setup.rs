@@ -148,6 +148,10 @@ fn wanted_packages(toolchain: Option<&EbpfToolchain>) -> Vec<(&'static str, &'st
             "runc",
             "podman's runtime here: crun fails on hybrid cgroup layouts (xtask/podman/containers.conf)",
         ),
+        (
+            "prometheus",
+            "promtool check metrics, and a real Prometheus scraping the agent in the end-to-end tests",
+        ),
         // The real-node test (`cargo xtask node`): the kubelet's container
         // runtime, the pods' network and kube-proxy's Services.
         ("containerd", "the test node's container runtime (CRI)"),

@@ -9,7 +9,7 @@ use super::header_view::HeaderView;
 use super::matcher::{rule_matches, Attributes};
 use super::path::normalize_borrowed;
 use super::remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
-use super::{Decision, HeaderEdits, JwksLookup, PathNormalization, Request};
+use super::{Decision, HeaderEdits, JwksLookup, PathNormalization, Reason, Request};
 
 /// Envoy's RBAC local reply (§3.13).
 pub const RBAC_DENIED: &str = "RBAC: access denied";
@@ -28,12 +28,7 @@ pub fn evaluate(
     let Ok((path, query)) = normalize_borrowed(&request.path, normalization) else {
         // The connection manager's local reply when normalization fails:
         // 400 without a body (details `path_normalization_failed`).
-        return deny(
-            400,
-            "",
-            "path normalization failed: %00 in the path (rejected like Envoy)".into(),
-            None,
-        );
+        return deny(400, "", Reason::PathNormalizationFailed, None);
     };
     // X-Forwarded-For is read by the connection manager, before any filter.
     let remote = remote_ip(&request.headers, request.source_ip, XFF_NUM_TRUSTED_HOPS);
@@ -59,10 +54,11 @@ pub fn evaluate(
         let mut d = deny(
             403,
             RBAC_DENIED,
-            format!(
-                "CUSTOM action is not supported (no ext_authz provider): policy {} rule {i} matched, denied as istiod does for an unknown provider",
-                p.id()
-            ),
+            Reason::Custom {
+                policy: p.id(),
+                rule: i,
+                network: false,
+            },
             None,
         );
         d.policy = Some(p.id());
@@ -98,12 +94,7 @@ pub fn evaluate(
                 realm_path.push('?');
                 realm_path.push_str(q);
             }
-            let mut d = deny(
-                e.http_status(),
-                &e.to_string(),
-                format!("jwt_authn: {e}"),
-                None,
-            );
+            let mut d = deny(e.http_status(), &e.to_string(), Reason::Jwt(e), None);
             d.www_authenticate = Some(format!(
                 "Bearer realm=\"http://{}{}\", error=\"invalid_token\"",
                 request.host,
@@ -136,7 +127,11 @@ pub fn evaluate(
         let mut d = deny(
             403,
             RBAC_DENIED,
-            format!("denied by DENY policy {} rule {i}", p.id()),
+            Reason::Denied {
+                policy: p.id(),
+                rule: i,
+                network: false,
+            },
             principal,
         );
         d.policy = Some(p.id());
@@ -145,17 +140,21 @@ pub fn evaluate(
     }
     let has_allow = policy.authz.iter().any(|p| p.action == Action::Allow);
     let (reason, matched) = if !has_allow {
-        ("no ALLOW policy applies".to_owned(), None)
+        (Reason::NoAllowPolicy { network: false }, None)
     } else if let Some((p, i)) = first_match(policy, Action::Allow, &attrs) {
         (
-            format!("allowed by ALLOW policy {} rule {i}", p.id()),
+            Reason::Allowed {
+                policy: p.id(),
+                rule: i,
+                network: false,
+            },
             Some(p.id()),
         )
     } else {
         let mut d = deny(
             403,
             RBAC_DENIED,
-            "no ALLOW policy matched".into(),
+            Reason::NoAllowMatch { network: false },
             principal,
         );
         d.audit = audit;
@@ -204,7 +203,7 @@ pub(super) fn first_matching_rule(
         .find_map(|p| p.rules.iter().position(&matches).map(|i| (&**p, i)))
 }
 
-fn deny(status: u16, body: &str, reason: String, principal: Option<String>) -> Decision {
+fn deny(status: u16, body: &str, reason: Reason, principal: Option<String>) -> Decision {
     Decision {
         status,
         allowed: false,

@@ -22,6 +22,7 @@ mod header_view;
 mod matcher;
 mod network;
 mod path;
+mod reason;
 mod remote;
 pub mod request_shape;
 
@@ -36,6 +37,7 @@ pub use header_view::HeaderView;
 pub use matcher::Attributes;
 pub use network::{evaluate_connection, Connection};
 pub use path::{normalize as normalize_path, InvalidPath};
+pub use reason::Reason;
 pub use remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 
 /// Everything about one HTTP request that a decision may look at.
@@ -76,8 +78,9 @@ pub struct Decision {
     pub allowed: bool,
     /// Response body for a denial (Envoy's exact text), empty when allowed.
     pub body: String,
-    /// Human-readable explanation for logs and `check`.
-    pub reason: String,
+    /// Why: typed for the proxy (re-fetch on an unknown kid, metrics,
+    /// access log), its `Display` is the explanation `check` prints.
+    pub reason: Reason,
     /// `iss/sub` of the verified token, if any.
     pub principal: Option<String>,
     /// `namespace/name` of the policy that decided, if any.

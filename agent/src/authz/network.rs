@@ -12,7 +12,7 @@ use crate::policy::{Action, AuthzPolicy, WorkloadPolicy};
 
 use super::engine::first_matching_rule;
 use super::matcher::{rule_matches_connection, Attributes};
-use super::{Decision, HeaderEdits};
+use super::{Decision, HeaderEdits, Reason};
 
 /// A TCP connection as the network RBAC filter sees it.
 #[derive(Debug, Clone, Copy)]
@@ -39,32 +39,42 @@ pub fn evaluate_connection(policy: &WorkloadPolicy, conn: &Connection) -> Decisi
         identity: None,
     };
     // CUSTOM acts as DENY (no ext_authz provider), as on the HTTP path.
-    for (action, name) in [(Action::Custom, "CUSTOM"), (Action::Deny, "DENY")] {
+    for action in [Action::Custom, Action::Deny] {
         if let Some((p, i)) = first_match(policy, action, &attrs) {
-            return decision(
-                false,
-                format!("denied by {name} policy {} rule {i} (network RBAC)", p.id()),
-                Some(p.id()),
-            );
+            let (policy, rule, network) = (p.id(), i, true);
+            let reason = if action == Action::Custom {
+                Reason::Custom {
+                    policy,
+                    rule,
+                    network,
+                }
+            } else {
+                Reason::Denied {
+                    policy,
+                    rule,
+                    network,
+                }
+            };
+            return decision(false, reason, Some(p.id()));
         }
     }
     if let Some((p, i)) = first_match(policy, Action::Audit, &attrs) {
         tracing::info!(policy = %p.id(), rule = i, source = %conn.source_ip, "AUDIT policy matched a connection");
     }
     if !policy.authz.iter().any(|p| p.action == Action::Allow) {
-        return decision(true, "no ALLOW policy applies".into(), None);
+        return decision(true, Reason::NoAllowPolicy { network: true }, None);
     }
     match first_match(policy, Action::Allow, &attrs) {
         Some((p, i)) => decision(
             true,
-            format!("allowed by ALLOW policy {} rule {i} (network RBAC)", p.id()),
+            Reason::Allowed {
+                policy: p.id(),
+                rule: i,
+                network: true,
+            },
             Some(p.id()),
         ),
-        None => decision(
-            false,
-            "no ALLOW policy matched (network RBAC: rules with HTTP-only fields do not apply to TCP)".into(),
-            None,
-        ),
+        None => decision(false, Reason::NoAllowMatch { network: true }, None),
     }
 }
 
@@ -78,7 +88,7 @@ fn first_match<'p>(
     })
 }
 
-fn decision(allowed: bool, reason: String, policy: Option<String>) -> Decision {
+fn decision(allowed: bool, reason: Reason, policy: Option<String>) -> Decision {
     Decision {
         status: if allowed { 200 } else { 403 },
         allowed,
@@ -136,7 +146,7 @@ mod tests {
         ));
         let d = evaluate_connection(&p, &conn("10.0.0.5", 3306));
         assert!(!d.allowed, "{d:?}");
-        assert!(d.reason.contains("DENY"), "{}", d.reason);
+        assert!(d.reason.to_string().contains("DENY"), "{}", d.reason);
     }
 
     #[test]

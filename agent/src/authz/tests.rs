@@ -387,7 +387,7 @@ fn status_with(
         headers.push(("Authorization", a));
     }
     let d = run(&p, &req(method, path, &headers));
-    (d.status, d.reason)
+    (d.status, d.reason.to_string())
 }
 
 #[test]

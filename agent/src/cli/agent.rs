@@ -3,10 +3,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::Args;
 
+use crate::config::{AgentConfig, CniConfig, ProbeSourcesConfig};
+use crate::proxy::Timeouts;
+
 use super::{
-    LogFormat, PathNormalizationArg, DEFAULT_METRICS_ADDR, DEFAULT_PIN_ROOT, DEFAULT_ROOT_NAMESPACE,
+    LogFormatArg, PathNormalizationArg, DEFAULT_METRICS_ADDR, DEFAULT_PIN_ROOT,
+    DEFAULT_ROOT_NAMESPACE,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -136,14 +142,69 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
     /// Automatic bans (`cli/bans.rs`).
     #[command(flatten)]
     pub bans: super::BanArgs,
+    /// The access log (`cli/access_log.rs`).
+    #[command(flatten)]
+    pub access_log: super::AccessLogArgs,
+}
+
+impl AgentArgs {
+    /// The agent's [`AgentConfig`]: flags turned into the values the agent
+    /// runs with.
+    pub fn config(&self) -> anyhow::Result<AgentConfig> {
+        let log_format = self.log_format.into();
+        Ok(AgentConfig {
+            policies: self.policies.clone(),
+            workloads: self.workloads.clone(),
+            kube: self.kube,
+            node_name: self.node_name.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            host_proc: self.host_proc.clone(),
+            pin_root: self.pin_root.clone(),
+            health_socket: self.health_socket.clone(),
+            metrics_addr: self.metrics_addr,
+            fail_open: self.fail_open,
+            root_namespace: self.root_namespace.clone(),
+            path_normalization: self.path_normalization.into(),
+            jwks_refresh: Duration::from_secs(self.jwks_refresh_secs),
+            protocol_detection_timeout: (self.protocol_detection_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.protocol_detection_timeout_ms)),
+            probe_sources: match &self.probe_sources {
+                ProbeSourcesArg::Auto => ProbeSourcesConfig::Auto,
+                ProbeSourcesArg::List(list) => ProbeSourcesConfig::List(list.clone()),
+            },
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            max_requests: self.max_requests,
+            max_requests_per_source: self.max_requests_per_source,
+            timeouts: Timeouts {
+                header_read: Duration::from_secs(self.header_read_timeout_secs),
+                idle: Duration::from_secs(self.idle_timeout_secs),
+                stream_idle: Duration::from_secs(self.stream_idle_timeout_secs),
+                drain_grace: Duration::from_millis(self.drain_grace_ms),
+            },
+            accept_http10: self.accept_http10,
+            drain: Duration::from_secs(self.drain_secs),
+            log_format,
+            jwks: self.jwt.jwks.options(),
+            token_cache: self.jwt.cache_config(),
+            bans: self.bans.config(),
+            access_log: self.access_log.config(log_format),
+            cni: CniConfig {
+                socket: self.cni.socket.clone(),
+                bin_dir: self.cni.bin_dir.clone(),
+                conf_dir: self.cni.conf_dir.clone(),
+                uninstall_with: self.cni.uninstall_with.clone(),
+            },
+        })
+    }
 }
 
 /// `--probe-sources`.

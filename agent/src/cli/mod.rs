@@ -2,16 +2,20 @@
 //! module parses and dispatches; it decides nothing itself. The arguments of
 //! `agent` and `check` live in their own files.
 
+mod access_log;
 mod agent;
 mod bans;
 mod check;
 mod cni;
+mod explain;
 mod jwt;
 
+pub use access_log::AccessLogArgs;
 pub use agent::{AgentArgs, ProbeSourcesArg};
 pub use bans::BanArgs;
 pub use check::CheckArgs;
 pub use cni::CniArgs;
+pub use explain::{ExplainArgs, ExplainOutput};
 pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
@@ -52,6 +56,10 @@ pub enum Command {
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
     Check(Box<CheckArgs>),
+    /// Why 403? For one workload: the policies that select it, their
+    /// rules, and the last denials with their reasons — from a running
+    /// agent's admin endpoint, or from a policy folder.
+    Explain(ExplainArgs),
     /// Drop every packet from a source in the kernel (XDP), until the TTL
     /// expires. Operator bans are never evicted by automatic ones: when the
     /// map is full this fails instead.
@@ -94,9 +102,18 @@ pub struct AllowSourceArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub enum LogFormatArg {
     Text,
     Json,
+}
+
+impl From<LogFormatArg> for crate::telemetry::LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => crate::telemetry::LogFormat::Text,
+            LogFormatArg::Json => crate::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// `--path-normalization` values, named as in Istio's MeshConfig.
@@ -121,8 +138,15 @@ impl From<PathNormalizationArg> for PathNormalization {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
-            crate::telemetry::init(args.log_format);
-            match crate::app::run(*args) {
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("jwtgate agent: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::telemetry::init(config.log_format);
+            match crate::app::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");
@@ -132,7 +156,17 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Check(args) => {
             crate::telemetry::init_quiet();
-            crate::check::run(&args)
+            match args.input() {
+                Ok(input) => crate::check::run(&input),
+                Err(err) => {
+                    eprintln!("jwtgate check: {err:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Explain(args) => {
+            crate::telemetry::init_quiet();
+            explain::run(&args)
         }
         Command::DenySource(args) => {
             let ttl = args.ttl.map(Duration::from_secs);

@@ -25,7 +25,11 @@
 //! restarted agent re-adopts links, finds the listener ids again and only has
 //! to put fresh listener sockets into `VERIFIER_SOCKS`.
 
+mod bpffs;
+mod preflight;
 mod sys;
+
+pub use bpffs::Prepared as PinRootPrepared;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
@@ -92,15 +96,18 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Mount bpffs at `pin_root` if it is not one, load the embedded object,
-    /// reuse/pin maps under `pin_root/maps`, load the programs, and make
-    /// 127.0.0.6/32 and ::6/128 bypass steering when they arrive on loopback.
+    /// Check capabilities and kernel, make sure `pin_root` is on a bpffs
+    /// (mounting one on its parent when none is: `bpffs.rs`), load the
+    /// embedded object, reuse/pin maps under `pin_root/maps`, load the
+    /// programs, and make 127.0.0.6/32 and ::6/128 bypass steering when they
+    /// arrive on loopback. Every failure names what is missing.
     pub fn open(pin_root: &Path) -> Result<Datapath> {
+        preflight::check()?;
         let object = embedded_object();
         if object.is_empty() {
             bail!("agent built without the eBPF object: build with `cargo xtask build`");
         }
-        sys::ensure_bpffs(pin_root)?;
+        bpffs::ensure(pin_root)?;
         let maps_dir = pin_root.join("maps");
         std::fs::create_dir_all(&maps_dir)
             .with_context(|| format!("creating {}", maps_dir.display()))?;
@@ -113,14 +120,18 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(object)
-            .context("loading the eBPF object (is this root with CAP_BPF/CAP_NET_ADMIN?)")?;
+            .map_err(|e| {
+                preflight::explain_load_error(e.into(), "load the eBPF object and its maps")
+            })?;
 
         let steer: &mut SkLookup = program(&mut ebpf, PROG_STEER)?.try_into()?;
         steer
             .load()
-            .context("verifier rejected `steer` (sk_lookup)")?;
+            .map_err(|e| preflight::explain_load_error(e.into(), "load `steer` (sk_lookup)"))?;
         let guard: &mut Xdp = program(&mut ebpf, PROG_GUARD)?.try_into()?;
-        guard.load().context("verifier rejected `guard` (xdp)")?;
+        guard
+            .load()
+            .map_err(|e| preflight::explain_load_error(e.into(), "load `guard` (xdp)"))?;
 
         let mesh = HashMap::try_from(take_map(&mut ebpf, MAP_MESH_PORTS)?)?;
         let socks = SockHash::try_from(take_map(&mut ebpf, MAP_VERIFIER_SOCKS)?)?;
@@ -327,19 +338,19 @@ impl Datapath {
         Ok(())
     }
 
-    /// Summed per-CPU counters: `(name, value)` for `STEER_STATS` then
-    /// `GUARD_STATS`.
-    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
+    /// Summed per-CPU counters: `(program, name, value)` for
+    /// `STEER_STATS` (`steer`) then `GUARD_STATS` (`guard`).
+    pub fn counters(&self) -> Result<Vec<(&'static str, &'static str, u64)>> {
         let mut out = Vec::with_capacity((steer_stat::COUNT + guard_stat::COUNT) as usize);
-        for (map, names) in [
-            (&self.steer_stats, &steer_stat::NAMES[..]),
-            (&self.guard_stats, &guard_stat::NAMES[..]),
+        for (program, map, names) in [
+            (PROG_STEER, &self.steer_stats, &steer_stat::NAMES[..]),
+            (PROG_GUARD, &self.guard_stats, &guard_stat::NAMES[..]),
         ] {
             for (i, name) in names.iter().enumerate() {
                 // A counter array pinned by an older agent may be shorter
                 // (counters are only ever appended): report what it has.
                 match map.get(&(i as u32), 0) {
-                    Ok(per_cpu) => out.push((*name, per_cpu.iter().sum())),
+                    Ok(per_cpu) => out.push((program, *name, per_cpu.iter().sum())),
                     Err(MapError::OutOfBounds { .. }) => {}
                     Err(e) => return Err(e).context("reading counters"),
                 }

@@ -1,4 +1,4 @@
-//! Small system helpers for the data path: bpffs mounting, raw `bpf(2)` calls
+//! Small system helpers for the data path: raw `bpf(2)` calls
 //! that aya 0.14 does not expose, running code inside a network namespace,
 //! and the monotonic clock.
 
@@ -12,44 +12,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-
-/// `statfs.f_type` of a bpffs mount (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Makes sure `dir` is on a bpffs, mounting a fresh one there if it is not.
-///
-/// Pins only work on bpffs, and on some hosts (these test VMs, minimal
-/// container hosts) `/sys/fs/bpf` is not mounted at all. A directory below an
-/// existing bpffs (e.g. `/sys/fs/bpf/jwtgate`) is accepted as is.
-pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if is_bpffs(dir)? {
-        return Ok(());
-    }
-    nix::mount::mount(
-        Some("bpf"),
-        dir,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
-    if !is_bpffs(dir)? {
-        return Err(anyhow!(
-            "{} is still not a bpffs after mounting",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
-fn is_bpffs(dir: &Path) -> Result<bool> {
-    let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
-    // The field is `i64` on x86_64 and `u32`/`i32` elsewhere; widen to compare.
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.filesystem_type().0 as i64;
-    Ok(magic == BPF_FS_MAGIC)
-}
 
 /// Runs `f` on a fresh thread that has joined the network namespace `netns`.
 ///

@@ -13,16 +13,20 @@ use tracing::info;
 
 use super::{Backend, NetnsRef, WorkloadSpec};
 use crate::datapath::{Datapath, Listeners, Steering};
-use crate::metrics::Registry;
+use crate::explain::Directory;
+use crate::metrics::Metrics;
 use crate::netns::{Finder, Netns};
 use crate::policy::WorkloadPolicy;
-use crate::proxy::{self, Inbound, Shared, WorkloadStats};
+use crate::proxy::{self, Inbound, Shared};
 
 /// Everything enrolment touches.
 pub struct LiveBackend {
     pub datapath: Arc<Mutex<Datapath>>,
     pub shared: Arc<Shared>,
-    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// What `/debug/workloads` lists: each enrolled workload's labels and
+    /// current policy.
+    pub directory: Arc<Directory>,
     /// One clone per open connection; the agent waits for them on SIGTERM.
     pub drain: Arc<()>,
     /// `--fail-open`, for workloads that do not say.
@@ -199,10 +203,11 @@ impl Backend for LiveBackend {
         )?;
 
         let (policy_tx, policy_rx) = watch::channel(policy);
+        self.directory
+            .insert(key, spec.labels.clone(), policy_rx.clone());
         let (inbound_tx, inbound_rx) = watch::channel(inbound(spec, ips.clone()));
         let (stop_tx, _) = watch::channel(false);
-        let stats = Arc::new(WorkloadStats::default());
-        self.registry.add_workload(key, stats.clone());
+        let stats = self.metrics.add_workload(key);
         let workload = Arc::new(proxy::Workload {
             key: key.clone(),
             netns: Arc::new(netns),
@@ -271,6 +276,8 @@ impl Backend for LiveBackend {
             return Err(err);
         }
         let _ = handle.policy.send(policy);
+        self.directory
+            .insert(&spec.key, spec.labels.clone(), handle.policy.subscribe());
         self.serve(
             &workload,
             &handle.stop,
@@ -286,7 +293,8 @@ impl Backend for LiveBackend {
         // listener; then the proxy (its open connections finish).
         let result = self.datapath()?.unenrol(key);
         handle.stop();
-        self.registry.remove_workload(key);
+        self.metrics.remove_workload(key);
+        self.directory.remove(key);
         result
     }
 

@@ -74,4 +74,40 @@ impl JwtError {
             _ => 401,
         }
     }
+
+    /// A metric label per failure: `jwt_` and the variant in snake case
+    /// (`jwt_expired`, `jwt_kid_alg_mismatch`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            JwtError::Missing => "jwt_missing",
+            JwtError::NotYetValid => "jwt_not_yet_valid",
+            JwtError::Expired => "jwt_expired",
+            JwtError::BadFormat => "jwt_bad_format",
+            JwtError::HeaderBadBase64 => "jwt_header_bad_base64",
+            JwtError::HeaderBadJson => "jwt_header_bad_json",
+            JwtError::HeaderBadAlg => "jwt_header_bad_alg",
+            JwtError::HeaderNotImplementedAlg => "jwt_header_not_implemented_alg",
+            JwtError::HeaderBadKid => "jwt_header_bad_kid",
+            JwtError::PayloadBadBase64 => "jwt_payload_bad_base64",
+            JwtError::PayloadBadJson => "jwt_payload_bad_json",
+            JwtError::IssNotString => "jwt_iss_not_string",
+            JwtError::SubNotString => "jwt_sub_not_string",
+            JwtError::IatNotInteger => "jwt_iat_not_integer",
+            JwtError::IatOutOfRange => "jwt_iat_out_of_range",
+            JwtError::NbfNotInteger => "jwt_nbf_not_integer",
+            JwtError::NbfOutOfRange => "jwt_nbf_out_of_range",
+            JwtError::ExpNotInteger => "jwt_exp_not_integer",
+            JwtError::ExpOutOfRange => "jwt_exp_out_of_range",
+            JwtError::JtiNotString => "jwt_jti_not_string",
+            JwtError::AudNotString => "jwt_aud_not_string",
+            JwtError::SignatureBadBase64 => "jwt_signature_bad_base64",
+            JwtError::Ed25519SignatureWrongLength => "jwt_ed25519_signature_wrong_length",
+            JwtError::UnknownIssuer => "jwt_unknown_issuer",
+            JwtError::AudienceNotAllowed => "jwt_audience_not_allowed",
+            JwtError::VerificationFail => "jwt_verification_fail",
+            JwtError::KidAlgMismatch => "jwt_kid_alg_mismatch",
+            JwtError::NoValidKeys => "jwt_no_valid_keys",
+            JwtError::FetchFail => "jwt_fetch_fail",
+        }
+    }
 }

@@ -29,7 +29,7 @@ use kube::{Api, Client, Config};
 use tokio::sync::{mpsc, watch as chan, Notify};
 use tracing::{debug, info};
 
-use crate::cli::AgentArgs;
+use crate::config::AgentConfig;
 use crate::enroll::{Inputs, WorkloadSpec};
 use crate::policy::{InForce, PolicyDocument, PolicySet};
 use crate::sources::jwks::FetchOutcome;
@@ -42,14 +42,14 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Connect (lazily: an unreachable API server is retried by the watchers)
 /// and start the watchers and the sync task.
-pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::Result<Inputs> {
-    let node = args
+pub async fn start(agent: &AgentConfig, shutdown: chan::Receiver<bool>) -> anyhow::Result<Inputs> {
+    let node = agent
         .node_name
         .clone()
         .context("--kube needs --node-name (or NODE_NAME)")?;
     // rustls needs one process-wide provider; ours is aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = match &args.kubeconfig {
+    let config = match &agent.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -97,14 +97,14 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
     let (policies_tx, policies_rx) = chan::channel(Arc::new(PolicySet::default()));
     let (enrolled_tx, enrolled_rx) = chan::channel(BTreeMap::new());
     let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(path) = &args.cni.socket {
+    if let Some(path) = &agent.cni.socket {
         let server = cni::CniServer {
             sandboxes: sources.sandboxes.clone(),
             changed: changed.clone(),
             pods: sources.pods.store.clone(),
             namespaces: sources.namespaces.store.clone(),
             policies: policies_rx.clone(),
-            root_namespace: args.root_namespace.clone(),
+            root_namespace: agent.root_namespace.clone(),
             enrolled: enrolled_rx,
             synced: synced.clone(),
         };

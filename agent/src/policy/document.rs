@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::PolicyError;
 
@@ -73,7 +73,7 @@ pub fn read_files(files: &[(String, String)]) -> (Vec<PolicyDocument>, Vec<Polic
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for (origin, text) in files {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
             let label = format!("document {}", i + 1);
             match Value::deserialize(doc) {
                 Ok(v) => read_value(origin, &label, v, &mut docs, &mut errors),

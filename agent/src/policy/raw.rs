@@ -17,8 +17,8 @@ pub struct Selector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthenticationSpec {
     pub selector: Option<Selector>,
-    pub target_ref: Option<serde_yaml::Value>,
-    pub target_refs: Option<Vec<serde_yaml::Value>>,
+    pub target_ref: Option<yaml_serde::Value>,
+    pub target_refs: Option<Vec<yaml_serde::Value>>,
     pub jwt_rules: Option<Vec<JwtRule>>,
 }
 
@@ -58,8 +58,8 @@ pub struct ClaimToHeader {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<Selector>,
-    pub target_ref: Option<serde_yaml::Value>,
-    pub target_refs: Option<Vec<serde_yaml::Value>>,
+    pub target_ref: Option<yaml_serde::Value>,
+    pub target_refs: Option<Vec<yaml_serde::Value>>,
     pub action: Option<String>,
     pub provider: Option<Provider>,
     pub rules: Option<Vec<Rule>>,

@@ -154,12 +154,12 @@ async fn drive<C>(
         why = watchdog(&ctx.activity, timeouts) => {
             debug!(peer = %ctx.peer, ?why, "connection timed out");
             if why == Expired::HeaderRead {
-                ctx.workload.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                ctx.workload.stats.event(crate::metrics::InboundEvent::HeaderTimeout);
                 // hyper is waiting for the rest of a head, so nothing else
                 // writes now; best effort, the connection closes anyway.
                 let _ = stream.try_write(REQUEST_TIMEOUT);
             } else {
-                ctx.workload.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                ctx.workload.stats.event(crate::metrics::InboundEvent::IdleTimeout);
             }
             return;
         }
@@ -190,7 +190,7 @@ async fn drive<C>(
             _ = ctx.activity.io_gone() => {}
             _ = watchdog(&ctx.activity, timeouts) => {
                 debug!(peer = %ctx.peer, "upgraded connection idle: closed");
-                ctx.workload.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                ctx.workload.stats.event(crate::metrics::InboundEvent::IdleTimeout);
                 // Both directions end: the pipe sees EOF and errors, and
                 // the client learns the connection is gone.
                 let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
@@ -249,10 +249,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
             };
             let in_flight = ctx.activity.request_started();
             if let Some(refused) = upgrade::screen(&mut req) {
-                ctx.workload
-                    .stats
-                    .denied_authz
-                    .fetch_add(1, Ordering::Relaxed);
+                let refused = request::refused_upgrade(&req, refused, &ctx);
                 return Ok(refused.map(|body| PhaseBody {
                     inner: body,
                     in_flight: Some(in_flight),

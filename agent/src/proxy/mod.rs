@@ -31,7 +31,6 @@ pub use probe_sources::ProbeSources;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +39,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::access_log::AccessLog;
 use crate::authz::PathNormalization;
 use crate::inbound::{Declared, Probe};
 use crate::jwt::TokenCache;
+use crate::metrics::{InboundEvent, WorkloadMetrics};
 use crate::netns::Netns;
 use crate::policy::WorkloadPolicy;
 use crate::sources::jwks::JwksStore;
@@ -67,34 +68,8 @@ pub struct Shared {
     pub accept_http_10: bool,
     /// Open downstream connections, capped node-wide and per source.
     pub limits: Arc<ConnectionLimits>,
-}
-
-/// Per-workload request counters, read by the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct WorkloadStats {
-    pub allowed: AtomicU64,
-    pub denied_authn: AtomicU64,
-    pub denied_authz: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub connections: AtomicU64,
-    /// Declared kubelet probes let through from a probe source.
-    pub probes_passed: AtomicU64,
-    /// Connections that did not come through steering (the listener
-    /// dialled directly from inside the pod): refused.
-    pub refused_direct: AtomicU64,
-    /// TCP (non-HTTP) connections allowed and denied by network RBAC.
-    pub tcp_allowed: AtomicU64,
-    pub tcp_denied: AtomicU64,
-    /// TCP connections closed because their first bytes, sent after the
-    /// protocol detection gave up waiting, were an HTTP request.
-    pub late_http_closed: AtomicU64,
-    /// Requests Envoy's codec or connection manager would refuse (400, 404,
-    /// 426, 431), answered before any policy.
-    pub refused_shape: AtomicU64,
-    /// Request heads not complete within the header-read timeout (408).
-    pub header_timeouts: AtomicU64,
-    /// Connections closed for idleness (keep-alive or stream).
-    pub idle_timeouts: AtomicU64,
+    /// One line per decision (`access_log/`).
+    pub access_log: Arc<AccessLog>,
 }
 
 /// One enrolled workload as the proxy sees it.
@@ -108,7 +83,9 @@ pub struct Workload {
     /// Addresses, declared protocols and probes; replaced in place when the
     /// workload changes.
     pub inbound: watch::Receiver<Arc<Inbound>>,
-    pub stats: Arc<WorkloadStats>,
+    /// Its counters (`metrics::WorkloadMetrics`), in the exposition while
+    /// it is enrolled.
+    pub stats: Arc<WorkloadMetrics>,
 }
 
 /// What the proxy needs to know of a workload besides its policy.
@@ -141,13 +118,14 @@ pub async fn serve(
                 reset(stream);
                 return;
             };
-            workload.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let open = workload.stats.connection();
             let (workload, shared) = (workload.clone(), shared.clone());
             let shutdown = shutdown.clone();
             let guard = drain.clone();
             tokio::spawn(async move {
                 let source_requests = admitted.requests.clone();
                 handle(stream, peer, workload, shared, shutdown, source_requests).await;
+                drop(open);
                 drop(admitted);
                 drop(guard);
             });
@@ -195,10 +173,7 @@ async fn handle(
     if !inbound.ips.contains(&original_dst.ip()) {
         // Not steered: a process in the pod connected to the listener's own
         // loopback address. Forwarding would send the request to ourselves.
-        workload
-            .stats
-            .refused_direct
-            .fetch_add(1, Ordering::Relaxed);
+        workload.stats.event(InboundEvent::RefusedDirect);
         debug!(%peer, dst = %original_dst, "connection to the verifier listener itself refused");
         reset(stream);
         return;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -14,9 +14,11 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::{upstream, Inbound, Shared, Workload};
+use crate::access_log::{self, Entry};
 use crate::authz::request_shape::{self, head_size, LocalReply, RequestHead, ShapeOptions};
-use crate::authz::{self, Decision, HeaderEdits};
+use crate::authz::{self, Decision, HeaderEdits, Reason};
 use crate::inbound::probes::is_probe_request;
+use crate::metrics::{InboundEvent, Protocol, RequestKey};
 use crate::policy::WorkloadPolicy;
 use crate::sources::jwks;
 
@@ -63,45 +65,71 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     resp
 }
 
+/// Count and log `resp`, the 403 `upgrade::screen` gives an upgrade the
+/// proxy does not carry: a request refused before any filter, as Envoy's
+/// connection manager refuses it (`upgrade_failed`).
+pub fn refused_upgrade(
+    req: &Request<Incoming>,
+    resp: Response<ProxyBody>,
+    ctx: &ConnContext,
+) -> Response<ProxyBody> {
+    let started = Started::now();
+    ctx.workload.stats.event(InboundEvent::RefusedShape);
+    let reason = Reason::Refused {
+        details: "upgrade_failed",
+    };
+    let answered = Answered::local(&reason, None, "-", &resp);
+    answered.count(ctx, &started, Protocol::Http);
+    ctx.shared
+        .access_log
+        .denied(answered.entry(ctx, &started, RequestLog::of(req, None)));
+    resp
+}
+
 async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    let started = Started::now();
+    let stats = &ctx.workload.stats;
+    let log = &ctx.shared.access_log;
+    let protocol = if is_grpc(&req) {
+        Protocol::Grpc
+    } else {
+        Protocol::Http
+    };
+    let head = req.method() == http::Method::HEAD;
     // What Envoy's codec and connection manager refuse, before any filter;
     // and the authority and path every later step sees.
     let (authority, target) = match admit(&req, ctx.shared.accept_http_10) {
         Ok(admitted) => admitted,
         Err(reply) => {
-            ctx.workload
-                .stats
-                .refused_shape
-                .fetch_add(1, Ordering::Relaxed);
+            stats.event(InboundEvent::RefusedShape);
             debug!(peer = %ctx.peer, status = reply.status, details = reply.details, "request refused before any filter");
-            return shape_reply(&reply, req.method() == http::Method::HEAD);
+            let reason = Reason::Refused {
+                details: reply.details,
+            };
+            let resp = shape_reply(&reply, head);
+            let answered = Answered::local(&reason, None, "DPE", &resp);
+            answered.count(ctx, &started, protocol);
+            log.denied(answered.entry(ctx, &started, RequestLog::of(&req, None)));
+            return resp;
         }
     };
     let policy = ctx.workload.policy.borrow().clone();
     if let Some(decision) = declared_probe(&req, &target, ctx, &policy) {
-        ctx.workload
-            .stats
-            .probes_passed
-            .fetch_add(1, Ordering::Relaxed);
-        return forward(req, &decision, &authority, ctx).await;
+        stats.event(InboundEvent::ProbePassed);
+        return forward_and_account(req, decision, &authority, ctx, &started, protocol).await;
     }
     let view = authz_request(&req, ctx, authority.clone(), target);
-    let decide = || {
-        authz::evaluate(
-            &policy,
-            &view,
-            ctx.shared.jwks.as_ref(),
-            unix_now(),
-            ctx.shared.normalization,
-            Some(&ctx.shared.token_cache),
-        )
-    };
-    let mut decision = decide();
-    // A kid no key matches may be a key the IdP just rotated in: re-fetch
-    // (rate-limited) and decide once more before rejecting.
-    if jwks::unknown_kid(&decision) && ctx.shared.jwks.refetch_for_rules(&policy.jwt_rules).await {
-        decision = decide();
-    }
+    let deciding = Instant::now();
+    let decision = jwks::decide(
+        &ctx.shared.jwks,
+        &policy,
+        &view,
+        unix_now(),
+        ctx.shared.normalization,
+        Some(&ctx.shared.token_cache),
+    )
+    .await;
+    stats.decision(deciding.elapsed());
     debug!(
         peer = %ctx.peer,
         method = %view.method,
@@ -110,20 +138,186 @@ async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Respons
         reason = %decision.reason,
         "decision"
     );
-    let stats = &ctx.workload.stats;
     if !decision.allowed {
         if decision.status == 401 {
-            stats.denied_authn.fetch_add(1, Ordering::Relaxed);
             ctx.shared
                 .bans
                 .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
-        } else {
-            stats.denied_authz.fetch_add(1, Ordering::Relaxed);
         }
-        return local_reply(&decision, req.method() == http::Method::HEAD, is_grpc(&req));
+        let resp = local_reply(&decision, head, protocol == Protocol::Grpc);
+        let answered = Answered::local(&decision.reason, decision.principal.clone(), "-", &resp);
+        answered.count(ctx, &started, protocol);
+        log.denied(answered.entry(ctx, &started, RequestLog::of(&req, Some(&authority))));
+        return resp;
     }
-    stats.allowed.fetch_add(1, Ordering::Relaxed);
-    forward(req, &decision, &authority, ctx).await
+    forward_and_account(req, decision, &authority, ctx, &started, protocol).await
+}
+
+/// Forward an allowed request, count its answer, and log it when sampled.
+async fn forward_and_account(
+    req: Request<Incoming>,
+    decision: Decision,
+    authority: &str,
+    ctx: &ConnContext,
+    started: &Started,
+    protocol: Protocol,
+) -> Response<ProxyBody> {
+    // Taken before forwarding consumes the request, and only when the line
+    // will be written: unsampled allows cost no allocation here.
+    let logged = ctx
+        .shared
+        .access_log
+        .wants_allowed()
+        .then(|| RequestLog::of(&req, Some(authority)));
+    let (resp, flags) = forward(req, &decision, authority, ctx).await;
+    let answered = Answered {
+        reason: &decision.reason,
+        principal: decision.principal.clone(),
+        flags,
+        code: resp.status().as_u16(),
+        bytes_sent: content_length(resp.headers()),
+        allowed: true,
+    };
+    answered.count(ctx, started, protocol);
+    if let Some(request) = logged {
+        ctx.shared
+            .access_log
+            .allowed(answered.entry(ctx, started, request));
+    }
+    resp
+}
+
+/// When a request arrived: the wall clock for the log, the monotonic one
+/// for durations.
+struct Started {
+    at: SystemTime,
+    instant: Instant,
+}
+
+impl Started {
+    fn now() -> Started {
+        Started {
+            at: SystemTime::now(),
+            instant: Instant::now(),
+        }
+    }
+}
+
+/// The request's side of an access-log line.
+struct RequestLog {
+    method: String,
+    path: String,
+    authority: Option<String>,
+    protocol: &'static str,
+    user_agent: Option<String>,
+    x_forwarded_for: Option<String>,
+    bytes_received: Option<u64>,
+}
+
+impl RequestLog {
+    /// `authority`: what the request shape settled, when it got that far.
+    fn of(req: &Request<Incoming>, authority: Option<&str>) -> RequestLog {
+        let header = |name: http::header::HeaderName| {
+            req.headers()
+                .get(name)
+                .map(|v| access_log::bounded(&String::from_utf8_lossy(v.as_bytes())))
+        };
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string());
+        RequestLog {
+            method: access_log::bounded(req.method().as_str()),
+            path: access_log::path_without_query(&target),
+            authority: authority
+                .map(access_log::bounded)
+                .or_else(|| header(http::header::HOST)),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_09 => "HTTP/0.9",
+                _ => "HTTP/1.1",
+            },
+            user_agent: header(http::header::USER_AGENT),
+            x_forwarded_for: header(http::HeaderName::from_static("x-forwarded-for")),
+            bytes_received: content_length(req.headers()),
+        }
+    }
+}
+
+/// The answer's side: what metrics and the access log record.
+struct Answered<'a> {
+    reason: &'a Reason,
+    principal: Option<String>,
+    /// Envoy's response flags.
+    flags: &'static str,
+    code: u16,
+    bytes_sent: Option<u64>,
+    allowed: bool,
+}
+
+impl<'a> Answered<'a> {
+    fn local(
+        reason: &'a Reason,
+        principal: Option<String>,
+        flags: &'static str,
+        resp: &Response<ProxyBody>,
+    ) -> Answered<'a> {
+        Answered {
+            reason,
+            principal,
+            flags,
+            code: resp.status().as_u16(),
+            bytes_sent: content_length(resp.headers()),
+            allowed: false,
+        }
+    }
+
+    fn count(&self, ctx: &ConnContext, started: &Started, protocol: Protocol) {
+        ctx.workload.stats.request(
+            RequestKey {
+                protocol,
+                code: self.code,
+                flags: self.flags,
+                reason: self.reason.metric_label(),
+            },
+            started.instant.elapsed(),
+        );
+    }
+
+    fn entry(&self, ctx: &ConnContext, started: &Started, request: RequestLog) -> Entry {
+        let rule = self.reason.rule();
+        Entry {
+            start_time: access_log::rfc3339(started.at),
+            workload: ctx.workload.key.clone(),
+            decision: if self.allowed { "allowed" } else { "denied" },
+            protocol: request.protocol,
+            method: Some(request.method),
+            authority: request.authority,
+            path: Some(request.path),
+            response_code: self.code,
+            response_flags: self.flags,
+            response_code_details: self.reason.response_code_details(),
+            reason: self.reason.to_string(),
+            policy: rule.map(|(p, _)| p.to_string()),
+            rule: rule.map(|(_, r)| r),
+            principal: self.principal.clone(),
+            duration_ms: started.instant.elapsed().as_millis() as u64,
+            bytes_received: request.bytes_received,
+            bytes_sent: self.bytes_sent,
+            downstream_remote_address: ctx.peer,
+            downstream_local_address: ctx.original_dst,
+            user_agent: request.user_agent,
+            x_forwarded_for: request.x_forwarded_for,
+        }
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `authz::request_shape::admit` on a hyper request: `(authority,
@@ -224,7 +418,7 @@ fn declared_probe(
         status: 200,
         allowed: true,
         body: String::new(),
-        reason: "kubelet probe declared by the pod".into(),
+        reason: Reason::DeclaredProbe,
         principal: None,
         policy: None,
         audit: None,
@@ -237,20 +431,20 @@ fn declared_probe(
     })
 }
 
-/// Forward an allowed request and stream the answer back.
+/// Forward an allowed request and stream the answer back; with Envoy's
+/// response flags (`UF` when the application cannot be reached).
 async fn forward(
     req: Request<Incoming>,
     decision: &Decision,
     authority: &str,
     ctx: &ConnContext,
-) -> Response<ProxyBody> {
-    let stats = &ctx.workload.stats;
+) -> (Response<ProxyBody>, &'static str) {
     let upgrade = upgrade_protocol(&req);
     let mut forwarded = match prepare_forward(req, decision, authority, ctx, upgrade.as_ref()) {
         Ok(req) => req,
         Err(err) => {
             debug!(%err, "cannot rewrite the request");
-            return text_response(StatusCode::BAD_REQUEST, "Bad Request");
+            return (text_response(StatusCode::BAD_REQUEST, "Bad Request"), "-");
         }
     };
     // The client's side of an upgrade, available once we answer 101.
@@ -267,12 +461,14 @@ async fn forward(
                 let app = hyper::upgrade::on(&mut resp);
                 tokio::spawn(pipe_upgraded(client, app));
             }
-            resp.map(Either::Right)
+            (resp.map(Either::Right), "-")
         }
         Err(err) => {
-            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             debug!(dst = %ctx.original_dst, err = %format!("{err:#}"), "upstream failed");
-            text_response(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_FAILURE)
+            (
+                text_response(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_FAILURE),
+                "UF",
+            )
         }
     }
 }

@@ -11,7 +11,6 @@
 //! writes them to the application first.
 
 use std::io;
-use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -105,8 +104,7 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             Err(_) if buf.is_empty() => {
                 ctx.workload
                     .stats
-                    .idle_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
+                    .event(crate::metrics::InboundEvent::IdleTimeout);
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no bytes before the idle timeout",

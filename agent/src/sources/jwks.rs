@@ -41,9 +41,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::addrs::{self, Cidr};
-use crate::authz::{Decision, JwksLookup};
-use crate::jwt::{JwkSet, JwtError, TokenCache};
-use crate::policy::{JwksSource, JwtRule};
+use crate::authz::{self, Decision, JwksLookup, PathNormalization};
+use crate::jwt::{JwkSet, TokenCache};
+use crate::metrics::JwksFetches;
+use crate::policy::{JwksSource, JwtRule, WorkloadPolicy};
 
 /// Retry delays for a jwksUri that never answered, doubling up to the cap.
 const JWKS_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -121,6 +122,8 @@ pub struct JwksStore {
     /// Per URI: when the last unknown-kid re-fetch started. The async mutex
     /// makes concurrent requests wait for the one re-fetch in flight.
     refetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Where fetch results are counted (the agent's metrics; none in `check`).
+    fetches: Option<JwksFetches>,
 }
 
 impl std::fmt::Debug for JwksStore {
@@ -155,6 +158,17 @@ impl JwksStore {
         };
         let _ = store.tls.set(tls);
         Ok(store)
+    }
+
+    /// Count every fetch result in `fetches` (`jwtgate_jwks_fetches_total`).
+    pub fn count_fetches(&mut self, fetches: JwksFetches) {
+        self.fetches = Some(fetches);
+    }
+
+    fn record_fetch(&self, uri: &str, ok: bool) {
+        if let Some(f) = &self.fetches {
+            f.record(uri, ok);
+        }
     }
 
     /// Store `set` (counted for `bytes`) for `uri`. A set with the same
@@ -376,13 +390,13 @@ impl JwksStore {
         let before = self.jwks(uri).map(|s| s.generation());
         match self.refresh(uri, timeout).await {
             Ok(keys) => {
-                crate::metrics::record_jwks_fetch(uri, true);
+                self.record_fetch(uri, true);
                 let changed = self.jwks(uri).map(|s| s.generation()) != before;
                 info!(%uri, keys, changed, "JWKS re-fetched for an unknown kid");
                 changed
             }
             Err(err) => {
-                crate::metrics::record_jwks_fetch(uri, false);
+                self.record_fetch(uri, false);
                 warn!(%uri, "JWKS re-fetch for an unknown kid failed: {err:#}");
                 false
             }
@@ -402,10 +416,23 @@ async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()))
 }
 
-/// True when authentication failed because no key matched the token's
-/// `kid`/`alg`: the case a key rotation at the IdP produces.
-pub fn unknown_kid(decision: &Decision) -> bool {
-    decision.status == 401 && decision.body == JwtError::KidAlgMismatch.to_string()
+/// Decide one request; when the token's `kid` matches no key — a key the
+/// IdP may just have rotated in — re-fetch the workload's `jwksUri`s once
+/// (rate-limited, `refetch_for_rules`) and decide again. The one place
+/// where both the proxy and `check` decide.
+pub async fn decide(
+    store: &JwksStore,
+    policy: &WorkloadPolicy,
+    request: &authz::Request,
+    now: u64,
+    normalization: PathNormalization,
+    cache: Option<&TokenCache>,
+) -> Decision {
+    let decision = authz::evaluate(policy, request, store, now, normalization, cache);
+    if decision.reason.is_unknown_kid() && store.refetch_for_rules(&policy.jwt_rules).await {
+        return authz::evaluate(policy, request, store, now, normalization, cache);
+    }
+    decision
 }
 
 /// rustls client settings: the system's trust store plus `ca_file`.
@@ -524,7 +551,9 @@ pub async fn keep_fresh(
         });
         let names: Vec<String> = wanted.keys().cloned().collect();
         store.retain(&names);
-        crate::metrics::retain_jwks_uris(&names);
+        if let Some(f) = &store.fetches {
+            f.retain(&names);
+        }
         for (uri, timeout) in &wanted {
             if tasks.contains_key(uri) {
                 continue;
@@ -581,7 +610,7 @@ async fn fetch_loop(
         let delay = match store.refresh(&uri, timeout).await {
             Ok(keys) => {
                 info!(%uri, keys, "JWKS fetched");
-                crate::metrics::record_jwks_fetch(&uri, true);
+                store.record_fetch(&uri, true);
                 report(FetchOutcome {
                     uri: uri.clone(),
                     error: None,
@@ -591,7 +620,7 @@ async fn fetch_loop(
                 refresh
             }
             Err(err) => {
-                crate::metrics::record_jwks_fetch(&uri, false);
+                store.record_fetch(&uri, false);
                 let kept = store.contains(&uri);
                 warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
                 report(FetchOutcome {

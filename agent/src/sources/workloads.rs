@@ -145,7 +145,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Workload>> {
 
 /// Parse the workloads file text; every problem names the workload and field.
 pub fn parse(text: &str) -> anyhow::Result<Vec<Workload>> {
-    let file: WorkloadsFile = serde_yaml::from_str(text)?;
+    let file: WorkloadsFile = yaml_serde::from_str(text)?;
     let mut seen = std::collections::BTreeSet::new();
     for wl in &file.workloads {
         let key = wl.key();

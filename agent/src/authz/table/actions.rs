@@ -369,7 +369,9 @@ fn custom_reason_names_the_policy() {
     assert_eq!((d.status, d.body.as_str()), (403, "RBAC: access denied"));
     assert_eq!(d.policy.as_deref(), Some("foo/p"));
     assert!(
-        d.reason.contains("CUSTOM action is not supported"),
+        d.reason
+            .to_string()
+            .contains("CUSTOM action is not supported"),
         "{}",
         d.reason
     );
