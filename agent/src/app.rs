@@ -156,8 +156,13 @@ async fn run_engine(
             drain_grace: Duration::from_millis(args.drain_grace_ms),
         },
         accept_http_10: args.accept_http10,
-        limits: ConnectionLimits::new(args.max_connections, args.max_connections_per_source),
+        limits: ConnectionLimits::new(
+            connection_cap(args.max_connections),
+            args.max_connections_per_source,
+            args.max_requests,
+        ),
     });
+    crate::metrics::set_connection_limits(shared.limits.clone());
 
     let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
@@ -368,6 +373,30 @@ fn raise_open_files_limit() {
         ),
         Err(err) => warn!("cannot read the open files limit (RLIMIT_NOFILE): {err}"),
     }
+}
+
+/// Descriptors kept out of the connections' reach: enrolment (namespace
+/// files, listeners, netlink and bpf fds), JWKS fetches, the API client.
+const RESERVED_FDS: u64 = 1024;
+
+/// `--max-connections`, lowered if the open files limit could not hold it:
+/// every proxied connection takes two descriptors, and running out of them
+/// must never stop the enrolment of new pods.
+fn connection_cap(wanted: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let fits = (limit.saturating_sub(RESERVED_FDS) / 2) as usize;
+    if wanted > fits {
+        warn!(
+            wanted,
+            allowed = fits,
+            open_files_limit = limit,
+            "--max-connections lowered to what the open files limit holds (2 descriptors a connection, {RESERVED_FDS} kept for enrolment)"
+        );
+        return fits.max(1);
+    }
+    wanted
 }
 
 /// `--probe-sources auto`: the node's addresses (the agent runs in the

@@ -3,7 +3,7 @@
 //! request; AUDIT, DENY and ALLOW see it as jwt_authn left it.
 
 use crate::jwt::{self, Keys, TokenCache};
-use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, WorkloadPolicy};
+use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, Rule, WorkloadPolicy};
 
 use super::header_view::HeaderView;
 use super::matcher::{rule_matches, Attributes};
@@ -187,16 +187,21 @@ fn first_match<'p>(
     action: Action,
     attrs: &Attributes,
 ) -> Option<(&'p AuthzPolicy, usize)> {
+    first_matching_rule(policy, action, |r| rule_matches(r, action, attrs))
+}
+
+/// The first policy with `action` and the index of its first rule that
+/// `matches` (HTTP and network RBAC differ only in how a rule matches).
+pub(super) fn first_matching_rule(
+    policy: &WorkloadPolicy,
+    action: Action,
+    matches: impl Fn(&Rule) -> bool,
+) -> Option<(&AuthzPolicy, usize)> {
     policy
         .authz
         .iter()
         .filter(|p| p.action == action)
-        .find_map(|p| {
-            p.rules
-                .iter()
-                .position(|r| rule_matches(r, action, attrs))
-                .map(|i| (&**p, i))
-        })
+        .find_map(|p| p.rules.iter().position(&matches).map(|i| (&**p, i)))
 }
 
 fn deny(status: u16, body: &str, reason: String, principal: Option<String>) -> Decision {

@@ -93,12 +93,17 @@ pub struct AgentArgs {
     pub probe_sources: ProbeSourcesArg,
     /// Open downstream connections the agent accepts in all (every proxied
     /// connection holds two descriptors); over it, new ones are reset.
-    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    #[arg(long, value_name = "N", default_value_t = 8192)]
     pub max_connections: usize,
     /// Open downstream connections one source address may hold; over it,
     /// that source's new connections are reset while others are served.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections_per_source: usize,
+    /// Requests (and HTTP/2 streams, at most 100 per connection) in progress
+    /// node-wide; over it, 503 `envoy overloaded` (Envoy's overload manager
+    /// answer). Bounds the memory requests in flight hold.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_requests: usize,
     /// A request head must be complete this long after its first byte, or
     /// the client gets 408 and the connection closes (Envoy's
     /// request_headers_timeout, which it leaves off by default: that is the

@@ -19,9 +19,11 @@ use tracing::{info, warn};
 use crate::proxy::WorkloadStats;
 
 mod bans;
+mod connections;
 mod jwks;
 mod token_cache;
 pub use bans::set_ban_tracker;
+pub use connections::set_connection_limits;
 pub use jwks::{record_jwks_fetch, retain_jwks_uris, set_jwks_store};
 pub use token_cache::set_token_cache;
 
@@ -133,6 +135,7 @@ impl Registry {
                 }
             }
         }
+        connections::render(&mut out);
         jwks::render(&mut out);
         token_cache::render(&mut out);
         bans::render(&mut out);
@@ -216,16 +219,7 @@ pub async fn serve_unix(
             },
             _ = shutdown.changed() => break,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, registry.clone()));
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -264,17 +258,22 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, registry.clone()));
     }
+}
+
+/// One connection to the endpoint, TCP or unix.
+async fn serve_connection<S>(stream: S, registry: Arc<Registry>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let registry = registry.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {

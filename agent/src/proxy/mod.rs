@@ -21,6 +21,7 @@ mod probe_sources;
 mod request;
 mod sniff;
 mod tcp;
+mod upgrade;
 mod upstream;
 
 pub use bans::{BanConfig, BanRequest, BanScope, BanStats, BanTracker, BAN_QUEUE};

@@ -391,6 +391,10 @@ fn prepare_forward(
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
+        // `Connection: host` (or a framing header) is no hop-by-hop header
+        // a client may have removed: the app would get a request without
+        // the Host the policies matched.
+        .filter(|v| !matches!(v.as_str(), "host" | "content-length" | "transfer-encoding"))
         .collect();
     for name in HOP_BY_HOP
         .iter()
