@@ -27,9 +27,9 @@
 //! close`, when the new agent is Ready. A *new* connection made between the
 //! moment the new agent enrols the pods and its first JWKS fetch (it enrols
 //! before it has fetched; Ready waits for the fetch) is verified without
-//! keys, and a valid token gets 401 there. The one-at-a-time update shows
-//! it: its first request after the gap, on a new connection, can be such a
-//! 401.
+//! keys, and a valid token gets 401 there. The one-at-a-time update can
+//! show it (its workers reconnect to a new agent right after the gap): one
+//! run counted one such 401 besides the refused connections.
 
 use std::time::{Duration, Instant};
 
