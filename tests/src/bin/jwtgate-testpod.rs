@@ -8,8 +8,9 @@
 //! - `get ADDR PATH [TOKEN]`: one GET on a new connection, as the FAQ's curl;
 //!   prints one JSON line, `{"status","body","peer"}`, or `{"outcome"}` when
 //!   the connect failed
-//! - `load ADDR WORKERS MAX_SECS TOKEN`: constant keep-alive load
-//!   ([`clients::load`]) until a line (or EOF) on stdin; prints
+//! - `load ADDR WORKERS MAX_SECS TOKEN [new]`: constant load
+//!   ([`clients::load`]) on keep-alive connections, or a new connection per
+//!   request with `new`, until a line (or EOF) on stdin; prints
 //!   `{"event":"running"}` once every worker had a right answer, then the
 //!   report
 //! - `first PATH MAX_SECS ADDR...`: new connections without a token to
@@ -57,13 +58,18 @@ fn main() -> Result<()> {
             report_peers(&app);
         }
         Some("load") => {
-            let usage = "load ADDR WORKERS MAX_SECS TOKEN";
+            let usage = "load ADDR WORKERS MAX_SECS TOKEN [new]";
             let addr: SocketAddr = arg(1).context(usage)?.parse()?;
             let workers: u32 = arg(2).context(usage)?.parse()?;
             let max = Duration::from_secs(arg(3).context(usage)?.parse()?);
             let token = arg(4).context(usage)?;
+            let connections = match arg(5) {
+                None => clients::Connections::KeepAlive,
+                Some("new") => clients::Connections::New,
+                Some(other) => bail!("{usage}: unknown {other:?}"),
+            };
             let stop = stop_on_stdin();
-            let report = clients::load(addr, workers, token, max, stop, running);
+            let report = clients::load(addr, workers, connections, token, max, stop, running);
             println!("{}", serde_json::to_string(&report)?);
         }
         Some("first") => {
@@ -94,7 +100,7 @@ fn main() -> Result<()> {
             wait_for_signal();
         }
         _ => bail!(
-            "usage: jwtgate-testpod serve NAME PORT... | jwks PORT | get ADDR PATH [TOKEN] | load ADDR WORKERS MAX_SECS TOKEN | first PATH MAX_SECS ADDR... | sleep"
+            "usage: jwtgate-testpod serve NAME PORT... | jwks PORT | get ADDR PATH [TOKEN] | load ADDR WORKERS MAX_SECS TOKEN [new] | first PATH MAX_SECS ADDR... | sleep"
         ),
     }
     Ok(())

@@ -2,9 +2,10 @@
 //! (`jwtgate-testpod load` and `jwtgate-testpod first`), and the reports they
 //! print — one JSON line each, parsed by the test with these same types.
 //!
-//! - [`load`]: constant keep-alive load on one address (a ClusterIP) from
-//!   several workers, every answer checked, every failure counted with the
-//!   time it happened. What a rolling update of the agent costs.
+//! - [`load`]: constant load on one address (a ClusterIP) from several
+//!   workers, on keep-alive connections or a new one per request, every
+//!   answer checked, every failure counted with the time it happened. What
+//!   a rolling update of the agent costs.
 //! - [`first_answers`]: new connections, one request each, without a token,
 //!   hammered at addresses a pod does not have yet (the next ones host-local
 //!   will hand out), so the very first request the pod can answer is among
@@ -68,7 +69,7 @@ impl LoadReport {
     /// One line for the test's report.
     pub fn summary(&self) -> String {
         format!(
-            "{} ok, {} failed ({:.2}%) in {:.1} s from {} keep-alive workers; failures over {:.1?}: {:?}; {} reconnects; slowest right answer {} ms",
+            "{} ok, {} failed ({:.2}%) in {:.1} s from {} workers; failures over {:.1?}: {:?}; {} reconnects; slowest right answer {} ms",
             self.ok,
             self.failed,
             100.0 * self.failed as f64 / (self.ok + self.failed).max(1) as f64,
@@ -118,12 +119,24 @@ impl Tally {
     }
 }
 
-/// Constant keep-alive load on `addr` from `workers` threads until `stop`
-/// or `max`. `on_running` is called once every worker has had a right
-/// answer (the load is on).
+/// How the load's workers use their connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// One connection per worker, kept until the server closes it.
+    KeepAlive,
+    /// A new connection for every request: what a client that does not
+    /// pool connections sends, and the only kind that reaches a new agent
+    /// while the old one still holds the keep-alive connections.
+    New,
+}
+
+/// Constant load on `addr` from `workers` threads until `stop` or `max`.
+/// `on_running` is called once every worker has had a right answer (the
+/// load is on).
 pub fn load(
     addr: SocketAddr,
     workers: u32,
+    connections: Connections,
     token: &str,
     max: Duration,
     stop: &AtomicBool,
@@ -184,7 +197,7 @@ pub fn load(
                                     format!("{path}: status {} {body}", r.status),
                                 );
                             }
-                            if r.closes() {
+                            if r.closes() || connections == Connections::New {
                                 conn = None;
                             }
                         }
