@@ -160,6 +160,7 @@ async fn run_engine(
             connection_cap(args.max_connections),
             args.max_connections_per_source,
             args.max_requests,
+            args.max_requests_per_source,
         ),
     });
     crate::metrics::set_connection_limits(shared.limits.clone());

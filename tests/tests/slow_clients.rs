@@ -377,3 +377,77 @@ fn upgraded_connections_count_against_the_cap_and_idle_out() -> Result<()> {
     })
     .with_context(|| bed.node.agent_log())
 }
+
+/// An allowed request whose body never completes: it holds its place among
+/// the requests in progress until the client goes.
+fn stall(bed: &FaqBed, client: &Client) -> Result<RawConn> {
+    let mut c = RawConn::connect(&client.netns, bed.pod.mesh_addr())?;
+    c.send(b"POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123")?;
+    Ok(c)
+}
+
+/// The answer to one more request from `client`.
+fn one_more(bed: &FaqBed, client: &Client) -> Result<(u16, String)> {
+    let mut c = RawConn::connect(&client.netns, bed.pod.mesh_addr())?;
+    c.send(b"GET /productpage HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let r = c.response(false)?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
+/// Requests that never finish hold their places among the requests in
+/// progress, per source and node-wide; over either cap a request gets
+/// Envoy's overload answer (503 "envoy overloaded") at once, a source at its
+/// cap does not stop the others, and the places come back when the stalled
+/// requests go.
+#[test]
+fn requests_over_the_in_flight_caps_get_503_and_places_come_back() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("slow-inflight")?;
+    let other = bed.node.add_client("other")?;
+    start_agent(
+        &mut bed,
+        &["--max-requests", "3", "--max-requests-per-source", "2"],
+    )?;
+    let in_progress = |bed: &FaqBed| -> Result<Option<f64>> {
+        Ok(metric(&metrics(bed)?, &["jwtgate_requests_in_progress"]))
+    };
+    let overloaded = (503, "envoy overloaded".to_string());
+
+    // One source takes its two places: its third request is refused, the
+    // other source is served.
+    let mut stalled = vec![stall(&bed, &bed.client)?, stall(&bed, &bed.client)?];
+    eventually("two stalled requests in progress", || {
+        Ok(in_progress(&bed)? == Some(2.0))
+    })?;
+    assert_eq!(one_more(&bed, &bed.client)?, overloaded, "source cap");
+    assert!(served(&bed, &other), "another source is not served");
+    // The other source takes the node's last place: now everyone waits.
+    stalled.push(stall(&bed, &other)?);
+    eventually("three stalled requests in progress", || {
+        Ok(in_progress(&bed)? == Some(3.0))
+    })?;
+    assert_eq!(one_more(&bed, &other)?, overloaded, "node cap");
+
+    let m = metrics(&bed)?;
+    for (cap, limit) in [("node", 3.0), ("source", 2.0)] {
+        let label = format!("cap=\"{cap}\"");
+        assert!(
+            metric(&m, &["jwtgate_requests_overloaded_total", &label]) >= Some(1.0),
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, &["jwtgate_requests_limit", &label]),
+            Some(limit),
+            "{m}"
+        );
+    }
+    // The stalled clients go away: their places are given back.
+    stalled.clear();
+    eventually("requests served after the stalled ones left", || {
+        Ok(served(&bed, &bed.client) && served(&bed, &other))
+    })?;
+    eventually("no request left in progress", || {
+        Ok(in_progress(&bed)? == Some(0.0))
+    })?;
+    Ok(())
+}

@@ -104,6 +104,12 @@ pub struct AgentArgs {
     /// answer). Bounds the memory requests in flight hold.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_requests: usize,
+    /// Requests in progress one source address may hold across all its
+    /// connections; over it, that source gets 503 `envoy overloaded` while
+    /// others are served (one client stalling HTTP/2 streams must not take
+    /// every place of --max-requests).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_requests_per_source: usize,
     /// A request head must be complete this long after its first byte, or
     /// the client gets 408 and the connection closes (Envoy's
     /// request_headers_timeout, which it leaves off by default: that is the

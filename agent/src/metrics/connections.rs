@@ -50,16 +50,26 @@ pub(super) fn render(out: &mut String) {
         "jwtgate_requests_in_progress {}",
         limits.requests_in_progress()
     );
-    out.push_str("# HELP jwtgate_requests_limit The cap on requests in progress, node-wide.\n");
+    out.push_str("# HELP jwtgate_requests_limit The caps on requests in progress, node-wide and per source address.\n");
     out.push_str("# TYPE jwtgate_requests_limit gauge\n");
-    let _ = writeln!(out, "jwtgate_requests_limit {}", limits.requests_max());
-    out.push_str("# HELP jwtgate_requests_overloaded_total Requests answered 503 at the cap.\n");
+    for (cap, value) in [
+        ("node", limits.requests_max()),
+        ("source", limits.requests_per_source_max()),
+    ] {
+        let _ = writeln!(out, "jwtgate_requests_limit{{cap=\"{cap}\"}} {value}");
+    }
+    out.push_str("# HELP jwtgate_requests_overloaded_total Requests answered 503 because a cap on requests in progress was reached.\n");
     out.push_str("# TYPE jwtgate_requests_overloaded_total counter\n");
-    let _ = writeln!(
-        out,
-        "jwtgate_requests_overloaded_total {}",
-        limits.refused_requests.load(Ordering::Relaxed)
-    );
+    for (cap, value) in [
+        ("node", &limits.refused_requests),
+        ("source", &limits.refused_requests_source),
+    ] {
+        let _ = writeln!(
+            out,
+            "jwtgate_requests_overloaded_total{{cap=\"{cap}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
     out.push_str("# HELP jwtgate_connections_refused_total Connections reset at accept because a cap was reached.\n");
     out.push_str("# TYPE jwtgate_connections_refused_total counter\n");
     for (cap, value) in [

@@ -237,9 +237,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let ctx = self.0.clone();
         Box::pin(async move {
-            // A node-wide bound on requests in progress (each holds buffers
-            // and an upstream stream): over it, Envoy's overload answer.
-            let Some(permit) = ctx.shared.limits.start_request() else {
+            // Bounds on requests in progress, node-wide and per source
+            // (each holds buffers and an upstream stream): over one,
+            // Envoy's overload answer.
+            let Some(permit) = ctx.shared.limits.start_request(&ctx.source_requests) else {
                 return Ok(overloaded().map(|body| PhaseBody {
                     inner: body,
                     in_flight: None,
@@ -280,7 +281,7 @@ pub struct PhaseBody {
     inner: ProxyBody,
     in_flight: Option<InFlight>,
     /// The request's place under `--max-requests`, given back with the body.
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _permit: Option<super::limits::RequestPlace>,
 }
 
 /// Envoy's overload manager reply.

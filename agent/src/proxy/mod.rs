@@ -146,7 +146,8 @@ pub async fn serve(
             let shutdown = shutdown.clone();
             let guard = drain.clone();
             tokio::spawn(async move {
-                handle(stream, peer, workload, shared, shutdown).await;
+                let source_requests = admitted.requests.clone();
+                handle(stream, peer, workload, shared, shutdown, source_requests).await;
                 drop(admitted);
                 drop(guard);
             });
@@ -183,6 +184,7 @@ async fn handle(
     workload: Arc<Workload>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    source_requests: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -211,6 +213,7 @@ async fn handle(
         upstream: tokio::sync::Mutex::new(None),
         activity: conn_io::Activity::new(),
         closing: std::sync::atomic::AtomicBool::new(false),
+        source_requests,
     });
     match sniff::classify(stream, &ctx).await {
         Ok(sniff::Classified::Http1 { stream, first }) => {

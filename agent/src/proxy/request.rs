@@ -43,6 +43,8 @@ pub struct ConnContext {
     pub activity: Arc<super::conn_io::Activity>,
     /// The connection drains: answer with `Connection: close`.
     pub closing: std::sync::atomic::AtomicBool,
+    /// The source's requests in progress (`limits::Admitted::requests`).
+    pub source_requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Decide and answer one request.
