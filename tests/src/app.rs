@@ -92,6 +92,13 @@ impl EchoApp {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Requests received since the last call, oldest first, forgotten here:
+    /// a long-running app under load (the real node's pods) reports and
+    /// drops them instead of keeping every request in memory.
+    pub fn take_seen(&self) -> Vec<SeenRequest> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Stops accepting, closes every connection and joins all threads.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

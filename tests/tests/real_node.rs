@@ -2,35 +2,17 @@
 //! containerd, kube-proxy, controllers): the agent image imported, `kubectl
 //! apply -k deploy/istio-crds` and `-k deploy/`, the DaemonSet controller
 //! creates the agent pod, the kubelet runs it with the manifest's
-//! securityContext and it becomes Ready through its own probes. Then the FAQ
+//! securityContext and it becomes Ready through its own probes; its CNI
+//! plugin lands in the node's (not the host's) CNI directories. Then the FAQ
 //! table from a client pod against real pods, over pod IPs and a ClusterIP
-//! Service, and the DaemonSet deleted: the fail-closed pod refuses, the
-//! fail-open one serves unverified.
+//! Service; agent updates under constant load (`real_node/rollout.rs`); a
+//! new pod's first request, and a pod created while the agent is away
+//! (`real_node/cni.rs`); and the DaemonSet deleted: the fail-closed pod
+//! refuses, the fail-open one serves unverified, the plugin is out of the
+//! chain and new pods start.
 //!
 //! One test, in stages, because the node's bring-up (~30 s) is the expensive
 //! part. Needs root and what `cargo xtask test` builds (binaries, images).
-
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, ensure, Context, Result};
-use jwtgate_e2e::faq::{self, RowResult};
-use jwtgate_e2e::node::{self, runc_caps, Node};
-use jwtgate_e2e::privileged;
-use serde_json::Value;
-
-const APPS_NS: &str = "foo";
-const APP: &str = "httpbin";
-/// The Service and the JWKS server's ClusterIPs, fixed in apps.yaml.
-const HTTPBIN_SERVICE: &str = "10.96.0.80:8000";
-const JWKS_URI: &str = "http://10.96.0.81/get_jwks";
-const APP_PORT: u16 = 8080;
-const AGENT_NS: &str = "jwtgate-system";
-const AGENT_DS: &str = "jwtgate";
-/// The verifier forwards allowed requests from here (Istio's passthrough source).
-const VERIFIER_SOURCE: &str = "127.0.0.6";
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Progress, timings and the FAQ tables go straight to stderr: libtest
 /// captures `println!` of passing tests, and these are the test's findings.
@@ -41,9 +23,24 @@ macro_rules! report {
     }};
 }
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
+#[path = "real_node/cni.rs"]
+mod cni;
+#[path = "real_node/rollout.rs"]
+mod rollout;
+#[path = "real_node/support.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use jwtgate_e2e::faq::{self, RowResult};
+use jwtgate_e2e::node::{self, runc_caps, Node};
+use jwtgate_e2e::privileged;
+use serde_json::Value;
+
+use support::*;
 
 #[test]
 fn daemonset_on_a_real_node_enforces_the_faq() -> Result<()> {
@@ -53,6 +50,7 @@ fn daemonset_on_a_real_node_enforces_the_faq() -> Result<()> {
     else {
         return Ok(());
     };
+    let host = cni::HostCniDirs::record();
     let t = Instant::now();
     let mut n = Node::start(inputs.setup.clone())?;
     let b = n.bring_up.clone();
@@ -63,16 +61,17 @@ fn daemonset_on_a_real_node_enforces_the_faq() -> Result<()> {
         b.api_ready,
         b.runtime_ready
     );
-    let result = stages(&mut n, &inputs);
+    let result = stages(&mut n, &inputs, &host);
     if result.is_err() {
         report!("{}", diagnostics(&n));
     }
     n.teardown()?;
     report!("real node test: {:.1?} in all", t.elapsed());
-    result
+    result?;
+    host.check_unchanged("after the node was removed")
 }
 
-fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
+fn stages(n: &mut Node, inputs: &node::TestInputs, host: &cni::HostCniDirs) -> Result<()> {
     let step = Instant::now();
     n.import_image(&inputs.agent_archive)?;
     n.import_image(&inputs.testpod_archive)?;
@@ -94,42 +93,20 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     // Kubernetes 1.20 has no DaemonSet surge (1.22+): it drops `maxSurge`
     // and then refuses `maxUnavailable: 0`. This node alone gets the old
     // one-at-a-time strategy; the surge hand-over itself is tested in
-    // tests/tests/handover.rs.
+    // tests/tests/handover.rs, and emulated here (real_node/rollout.rs).
     let rendered = n.kubectl(&["kustomize", path_str(&repo("deploy"))?])?;
     ensure!(
         rendered.contains("maxUnavailable: 0"),
         "deploy/ no longer surges: adjust this test"
     );
     let for_1_20 = rendered.replace("maxUnavailable: 0", "maxUnavailable: 1");
-    // The node shares the host's /opt/cni/bin and /etc/cni/net.d: the agent
-    // must not install its CNI plugin into the real host's configuration.
-    // Until the node has private CNI directories, it runs without it.
-    let for_1_20 = without_cni_install(&for_1_20);
-    // And the hostPath volumes (DirectoryOrCreate) must not create those
-    // directories on the real host either.
-    let private = n.dir().join("agent-cni");
-    let for_1_20 = for_1_20
-        .replace(
-            "path: /opt/cni/bin",
-            &format!("path: {}/bin", private.display()),
-        )
-        .replace(
-            "path: /etc/cni/net.d",
-            &format!("path: {}/net.d", private.display()),
-        );
     n.kubectl_with_input(&["apply", "--validate=false", "-f", "-"], Some(&for_1_20))?;
-    n.kubectl(&[
-        "-n",
-        AGENT_NS,
-        "rollout",
-        "status",
-        &format!("daemonset/{AGENT_DS}"),
-        &format!("--timeout={}s", ROLLOUT_TIMEOUT.as_secs()),
-    ])?;
+    rollout_status(n, AGENT_DS)?;
     report!("DaemonSet rolled out in {:.1?}", step.elapsed());
     let agent = agent_pod(n)?;
     check_ready_through_probes(&agent)?;
     check_security_context(n, &agent)?;
+    cni::plugin_installed(n, host)?;
 
     let step = Instant::now();
     let apps = std::fs::read_to_string(jwtgate_e2e::testdata("real-node/apps.yaml"))?;
@@ -158,6 +135,12 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
     let closed = pod_addr(n, "app=httpbin,variant=fail-closed")?;
     let open = pod_addr(n, "app=httpbin,variant=fail-open")?;
     let client = pod_name(n, "app=sleep")?;
+    let app_pods = [
+        pod_name(n, "app=httpbin,variant=fail-closed")?,
+        pod_name(n, "app=httpbin,variant=fail-open")?,
+        client.clone(),
+    ];
+    cni::apps_went_through_the_plugin(n, &app_pods)?;
     // Enforced once a request that the DENY policy covers is answered 403,
     // and the JWKS fetched once the sample token passes.
     let valid = faq::demo_jwt();
@@ -193,14 +176,17 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         );
     }
     // Allowed requests reach the app through the verifier, not around it.
-    let seen = app_seen_peer(n, &client, closed, "/productpage")?;
+    let seen = app_seen_peer(n, &client, closed, "/productpage", None)?;
     ensure!(
         seen.starts_with(VERIFIER_SOURCE),
         "the app must see the verifier's {VERIFIER_SOURCE} as peer, saw {seen}"
     );
 
-    // Later (issue 13, item 2): a rolling update of the DaemonSet under
-    // constant client load, counting failed requests, goes here.
+    // Updates under load; afterwards rollout::NEXT_DS is the DaemonSet.
+    rollout::updates_under_load(n, &client)?;
+    let daemonset = rollout::NEXT_DS;
+    cni::first_request_is_denied(n, &client)?;
+    cni::pod_waits_for_the_agent(n, &client, daemonset)?;
 
     let step = Instant::now();
     n.kubectl(&[
@@ -208,18 +194,11 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         AGENT_NS,
         "delete",
         "daemonset",
-        AGENT_DS,
+        daemonset,
         "--wait=true",
         "--timeout=120s",
     ])?;
-    n.wait_for("the agent pod gone", ROLLOUT_TIMEOUT, |n| {
-        let pods = n.kubectl(&["-n", AGENT_NS, "get", "pods", "-o", "name"])?;
-        if pods.trim().is_empty() {
-            Ok(())
-        } else {
-            bail!("still there: {pods}")
-        }
-    })?;
+    wait_agent_pods_gone(n, &[])?;
     report!("DaemonSet deleted in {:.1?}", step.elapsed());
     // failOpen unset: the steering stays pinned, the port refuses at once.
     for addr in [closed, service] {
@@ -235,12 +214,27 @@ fn stages(n: &mut Node, inputs: &node::TestInputs) -> Result<()> {
         matches!(got, Ok((200, _))),
         "without an agent the fail-open pod must serve unverified, got {got:?}"
     );
-    let seen = app_seen_peer(n, &client, open, "/api/v1/products/0")?;
+    let seen = app_seen_peer(n, &client, open, "/api/v1/products/0", None)?;
     ensure!(
         !seen.starts_with(VERIFIER_SOURCE),
         "the fail-open pod must be reached directly, the app saw {seen}"
     );
     report!("without the agent: fail-closed pod refuses, fail-open pod serves (peer {seen})");
+    // The agent exited with its DaemonSet gone: it took the plugin out, and
+    // new pods start (unprotected: nothing protects them any more).
+    let chain = chained_plugins(n)?;
+    ensure!(
+        !chain.iter().any(|p| p == PLUGIN),
+        "the DaemonSet is gone but its CNI plugin is still chained: {chain:?}"
+    );
+    let step = Instant::now();
+    let pod = "httpbin-after";
+    n.kubectl_with_input(&["apply", "-f", "-"], Some(&echo_pod(pod)))?;
+    wait_pod_ready(n, pod, ROLLOUT_TIMEOUT)?;
+    report!(
+        "DaemonSet deleted: plugin out of the chain ({chain:?}), a new pod Ready in {:.1?}",
+        step.elapsed()
+    );
     Ok(())
 }
 
@@ -374,87 +368,6 @@ fn check_security_context(n: &Node, pod: &Value) -> Result<()> {
     Ok(())
 }
 
-fn pod_name(n: &Node, selector: &str) -> Result<String> {
-    let name = n.kubectl(&[
-        "-n",
-        APPS_NS,
-        "get",
-        "pods",
-        "-l",
-        selector,
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])?;
-    ensure!(!name.is_empty(), "no pod {selector}");
-    Ok(name)
-}
-
-fn pod_addr(n: &Node, selector: &str) -> Result<SocketAddr> {
-    let ip = n.kubectl(&[
-        "-n",
-        APPS_NS,
-        "get",
-        "pods",
-        "-l",
-        selector,
-        "-o",
-        "jsonpath={.items[0].status.podIP}",
-    ])?;
-    Ok(SocketAddr::new(
-        ip.trim()
-            .parse()
-            .with_context(|| format!("pod IP {ip:?}"))?,
-        APP_PORT,
-    ))
-}
-
-/// One GET from inside the client pod (`kubectl exec`, as the FAQ's curl):
-/// `Ok((status, body))`, or `Err(outcome)` when the connection failed.
-fn client_get(
-    n: &Node,
-    client: &str,
-    addr: SocketAddr,
-    path: &str,
-    token: Option<&str>,
-) -> Result<Result<(u16, String), String>> {
-    let v = client_get_json(n, client, addr, path, token)?;
-    Ok(match v["status"].as_u64() {
-        Some(s) => Ok((s as u16, v["body"].as_str().unwrap_or_default().to_string())),
-        None => Err(v["outcome"].as_str().unwrap_or("?").to_string()),
-    })
-}
-
-fn client_get_json(
-    n: &Node,
-    client: &str,
-    addr: SocketAddr,
-    path: &str,
-    token: Option<&str>,
-) -> Result<Value> {
-    let addr = addr.to_string();
-    let mut args = vec![
-        "-n",
-        APPS_NS,
-        "exec",
-        client,
-        "--",
-        "/usr/local/bin/jwtgate-testpod",
-        "get",
-        &addr,
-        path,
-    ];
-    args.extend(token);
-    let out = n.kubectl(&args)?;
-    serde_json::from_str(out.trim()).with_context(|| format!("client output {out:?}"))
-}
-
-/// The peer the echo app saw for an allowed request (its JSON body).
-fn app_seen_peer(n: &Node, client: &str, addr: SocketAddr, path: &str) -> Result<String> {
-    let v = client_get_json(n, client, addr, path, None)?;
-    let body: Value = serde_json::from_str(v["body"].as_str().context("no body")?)?;
-    Ok(body["peer"].as_str().context("no peer")?.to_string())
-}
-
 /// Every FAQ row on its own connection from the client pod.
 fn faq_rows(n: &Node, client: &str, addr: SocketAddr) -> Result<Vec<RowResult>> {
     faq::ROWS
@@ -467,48 +380,4 @@ fn faq_rows(n: &Node, client: &str, addr: SocketAddr) -> Result<Vec<RowResult>> 
             })
         })
         .collect()
-}
-
-/// What to look at when a stage failed.
-fn diagnostics(n: &Node) -> String {
-    let mut out = String::from("---- diagnostics\n");
-    for args in [
-        &["get", "pods", "-A", "-o", "wide"][..],
-        &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
-        &[
-            "-n",
-            AGENT_NS,
-            "logs",
-            "--tail=60",
-            "-l",
-            "app.kubernetes.io/name=jwtgate",
-        ][..],
-    ] {
-        out += &format!("$ kubectl {}\n", args.join(" "));
-        out += &n.kubectl(args).unwrap_or_else(|e| format!("{e:#}\n"));
-    }
-    for d in ["kubelet", "containerd"] {
-        out += &format!("---- {d} (last lines)\n{}", n.log(d, 25));
-    }
-    out
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().context("path is not UTF-8")
-}
-
-/// The rendered manifests without the agent's CNI install flags (each flag
-/// and its value are separate list items in deploy/daemonset.yaml).
-fn without_cni_install(rendered: &str) -> String {
-    let mut out = Vec::new();
-    let mut lines = rendered.lines().peekable();
-    while let Some(line) = lines.next() {
-        let flag = line.trim_start().trim_start_matches("- ");
-        if ["--cni-bin-dir", "--cni-conf-dir", "--cni-uninstall-with"].contains(&flag) {
-            lines.next(); // its value
-            continue;
-        }
-        out.push(line);
-    }
-    out.join("\n") + "\n"
 }

@@ -207,7 +207,7 @@ pub fn cni_conflist(ipam_dir: &Path, chained: &[serde_json::Value]) -> String {
     plugins.extend(chained.iter().cloned());
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "0.4.0",
-        "name": "jwtgate-node",
+        "name": super::CNI_NETWORK,
         "plugins": plugins,
     }))
     .expect("JSON values serialise")

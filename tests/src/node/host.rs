@@ -3,8 +3,8 @@
 //!
 //! - [`MountNs`]: a private mount namespace held by one `sleep` process. The
 //!   node's daemons join it, so `/run`, `/var/lib`, `/var/log`, the bpffs at
-//!   `/sys/fs/bpf` and the kubelet's sysctls are theirs alone and vanish with
-//!   the last process in it.
+//!   `/sys/fs/bpf`, the kubelet's sysctls and the CNI directories
+//!   ([`PrivateDir`]) are theirs alone and vanish with the last process in it.
 //! - [`Cgroups`]: `/<name>` in every cgroup hierarchy (the kubelet's
 //!   `cgroupRoot`); the daemons join `<name>/node` in the pids hierarchy, so
 //!   one tree holds every process of the node (daemons, shims, containers).
@@ -106,10 +106,11 @@ impl MountNs {
 
     /// Gives the node its own `/run`, `/var/lib`, `/var/log` (the kubelet and
     /// containerd hard-code paths there), a bpffs at `/sys/fs/bpf` (the
-    /// DaemonSet's pin root), and regular files over the kubelet's sysctls, so
-    /// its writes never reach the kernel. Then makes every mount shared inside
-    /// the namespace, which `mountPropagation: HostToContainer` needs.
-    pub fn prepare(&self, sysctl_dir: &Path) -> Result<()> {
+    /// DaemonSet's pin root), regular files over the kubelet's sysctls, so
+    /// its writes never reach the kernel, and each [`PrivateDir`]. Then makes
+    /// every mount shared inside the namespace, which `mountPropagation:
+    /// HostToContainer` needs.
+    pub fn prepare(&self, sysctl_dir: &Path, private: &[PrivateDir]) -> Result<()> {
         fs::create_dir_all(sysctl_dir)?;
         let masks: Vec<(PathBuf, PathBuf)> = KUBELET_SYSCTLS
             .iter()
@@ -149,6 +150,10 @@ impl MountNs {
                 )
                 .with_context(|| format!("masking {}", real.display()))?;
             }
+            let mut overlaid = Vec::new();
+            for dir in private {
+                dir.mount(&mut overlaid)?;
+            }
             mount(
                 None::<&str>,
                 "/",
@@ -174,6 +179,71 @@ impl MountNs {
 impl Drop for MountNs {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A directory of the node's own, seen by its daemons — and so by the
+/// containers' hostPath volumes — at a host path: the DaemonSet's
+/// `/opt/cni/bin` and `/etc/cni/net.d` are the node's, not this machine's.
+#[derive(Debug, Clone)]
+pub struct PrivateDir {
+    /// Where the node sees it (a host path).
+    pub at: PathBuf,
+    /// The node's own directory bound there.
+    pub from: PathBuf,
+    /// Scratch space for an overlay, used when `at` does not exist on the host.
+    pub scratch: PathBuf,
+}
+
+impl PrivateDir {
+    /// Inside the node's mount namespace: binds `from` over `at`. When `at`
+    /// does not exist (no `/opt/cni` on this machine), the nearest existing
+    /// ancestor gets an overlay first whose upper layer is in `scratch`, so
+    /// `at` can be created without writing to the host's file system;
+    /// `overlaid` records such ancestors for the next directories.
+    fn mount(&self, overlaid: &mut Vec<PathBuf>) -> Result<()> {
+        if !self.at.is_dir() && !overlaid.iter().any(|o| self.at.starts_with(o)) {
+            let ancestor = self
+                .at
+                .ancestors()
+                .skip(1)
+                .find(|a| a.is_dir())
+                .context("no existing ancestor")?;
+            if ancestor == Path::new("/") {
+                bail!(
+                    "{}: not even its parent exists on this host; an overlay over / is not made",
+                    self.at.display()
+                );
+            }
+            let (upper, work) = (self.scratch.join("upper"), self.scratch.join("work"));
+            fs::create_dir_all(&upper)?;
+            fs::create_dir_all(&work)?;
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                ancestor.display(),
+                upper.display(),
+                work.display()
+            );
+            mount(
+                Some("overlay"),
+                ancestor,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .with_context(|| format!("an overlay over {}", ancestor.display()))?;
+            overlaid.push(ancestor.to_path_buf());
+        }
+        fs::create_dir_all(&self.at)
+            .with_context(|| format!("creating {} inside the node", self.at.display()))?;
+        mount(
+            Some(self.from.as_path()),
+            self.at.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {} over {}", self.from.display(), self.at.display()))
     }
 }
 

@@ -26,14 +26,17 @@
 //! killed outright is cleaned up by the next [`Node::start`] (leftovers of
 //! dead pids only).
 
+pub mod clients;
 pub mod config;
 pub mod host;
 mod inputs;
 pub mod runc_caps;
+mod stream;
 
 pub use inputs::{
     binaries, binaries_in, require_test_inputs, test_inputs, NodeBinaries, NodeSetup, TestInputs,
 };
+pub use stream::KubectlStream;
 
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -65,6 +68,17 @@ pub const CLUSTER_DNS_DOMAIN: &str = "cluster.local";
 pub const PAUSE_IMAGE: &str = "localhost/jwtgate-e2e/pause:3.4";
 /// The test pods' image (`jwtgate-testpod`), imported by the tests that use it.
 pub const TESTPOD_IMAGE: &str = "localhost/jwtgate-e2e/testpod:e2e";
+
+/// The CNI directories as the node's containerd and the DaemonSet's
+/// hostPath volumes see them: node-private directories bound over these
+/// host paths inside the node's mount namespace ([`host::PrivateDir`]).
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// The pod network's configuration list (bridge + host-local, and whatever
+/// a CNI installer chains after them).
+pub const CNI_CONFLIST: &str = "10-jwtgate-node.conflist";
+/// The network's name in that list (host-local keeps its leases under it).
+pub const CNI_NETWORK: &str = "jwtgate-node";
 
 /// Bring-up steps, each bounded.
 const API_TIMEOUT: Duration = Duration::from_secs(120);
@@ -168,23 +182,44 @@ impl Node {
                 .context("bridge-nf-call-iptables in the node namespace")
         })??;
 
+        // The CNI directories at the paths a node has them (what the
+        // DaemonSet's hostPath volumes name), but the node's own: the plugins
+        // linked from Debian's /usr/lib/cni, the network list written here.
+        let (cni_bin, cni_conf) = (self.cni_bin_dir(), self.cni_conf_dir());
+        fs::create_dir_all(&cni_bin)?;
+        fs::create_dir_all(&cni_conf)?;
+        for plugin in fs::read_dir(&self.setup.bins.cni_bin_dir)? {
+            let plugin = plugin?;
+            std::os::unix::fs::symlink(plugin.path(), cni_bin.join(plugin.file_name()))?;
+        }
+        fs::write(
+            cni_conf.join(CNI_CONFLIST),
+            config::cni_conflist(&self.ipam_dir(), &self.setup.cni_chain),
+        )?;
+        let private = [
+            host::PrivateDir {
+                at: CNI_BIN_DIR.into(),
+                from: cni_bin,
+                scratch: self.path.join("overlay/cni-bin"),
+            },
+            host::PrivateDir {
+                at: CNI_CONF_DIR.into(),
+                from: cni_conf,
+                scratch: self.path.join("overlay/cni-conf"),
+            },
+        ];
         let mnt = host::MountNs::create()?;
-        mnt.prepare(&self.path.join("sysctl-masks"))?;
+        mnt.prepare(&self.path.join("sysctl-masks"), &private)?;
         self.mnt = Some(mnt);
 
         config::write_credentials(&self.path, NODE_USER)?;
         let runtime = config::RuntimePaths {
             root: self.path.join("containerd"),
             runc: self.setup.runc_wrapper.clone(),
-            cni_conf_dir: self.path.join("cni/net.d"),
-            cni_bin_dir: self.setup.bins.cni_bin_dir.clone(),
+            cni_conf_dir: CNI_CONF_DIR.into(),
+            cni_bin_dir: CNI_BIN_DIR.into(),
             sandbox_image: PAUSE_IMAGE.into(),
         };
-        fs::create_dir_all(&runtime.cni_conf_dir)?;
-        fs::write(
-            runtime.cni_conf_dir.join("10-jwtgate-node.conflist"),
-            config::cni_conflist(&self.path.join("cni/ipam"), &self.setup.cni_chain),
-        )?;
         fs::write(
             self.path.join("containerd.toml"),
             config::containerd_toml(&runtime),
@@ -394,13 +429,20 @@ impl Node {
 
     /// `kubectl` with `input` on stdin (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        output(self.kubectl_command(args), input)
+            .with_context(|| format!("kubectl {}", args.join(" ")))
+    }
+
+    /// `kubectl` as cluster admin, not started yet (for long-running ones:
+    /// [`KubectlStream`]).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.command(self.setup.bins.kube("kubectl"));
         cmd.arg(format!(
             "--kubeconfig={}",
             self.admin_kubeconfig().display()
         ))
         .args(args);
-        output(cmd, input).with_context(|| format!("kubectl {}", args.join(" ")))
+        cmd
     }
 
     /// `kubectl ... -o json`, parsed.
@@ -450,6 +492,22 @@ impl Node {
     /// The node's directory (configuration, state, `logs/`).
     pub fn dir(&self) -> &Path {
         &self.path
+    }
+
+    /// What the node sees at [`CNI_BIN_DIR`], from the host's side.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.path.join("cni/bin")
+    }
+
+    /// What the node sees at [`CNI_CONF_DIR`], from the host's side.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.path.join("cni/net.d")
+    }
+
+    /// host-local's leases: one file per address in use, and the last one
+    /// handed out (`last_reserved_ip.0`) under [`CNI_NETWORK`].
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.path.join("cni/ipam")
     }
 
     pub fn admin_kubeconfig(&self) -> PathBuf {
