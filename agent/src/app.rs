@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -20,10 +21,75 @@ use crate::explain::Directory;
 use crate::jwt::TokenCache;
 use crate::metrics::{KernelReport, Metrics};
 use crate::netns::Finder;
+use crate::policy::PolicySet;
 use crate::proxy::{
     BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, BAN_QUEUE,
 };
 use crate::sources::jwks::JwksStore;
+
+/// A hand-over from an agent that is still serving. That agent serves until
+/// this one enrols (each enrolment moves the pod's new connections here):
+/// enrolling before the signing keys are here would answer valid tokens 401
+/// in between. So wait for the source's first complete view, then (at most
+/// `bound`) for the keys of every jwksUri its policies name. On a first
+/// start nobody serves, and waiting would only leave pods unprotected
+/// longer, so this is for hand-overs only.
+struct HandOver<'a> {
+    uris: &'a watch::Sender<Vec<(String, Duration)>>,
+    jwks: &'a JwksStore,
+    bound: Duration,
+}
+
+impl HandOver<'_> {
+    /// False when a signal came meanwhile (the agent stops instead).
+    async fn await_keys(
+        &self,
+        inputs: &mut Inputs,
+        policies: &mut Arc<PolicySet>,
+        (sigterm, sigint): (&mut Signal, &mut Signal),
+    ) -> bool {
+        info!("another agent is serving: taking over once the policies, the workloads and their signing keys are here");
+        while inputs.workloads.borrow().is_none() {
+            tokio::select! {
+                changed = inputs.workloads.changed() => if changed.is_err() { break },
+                _ = sigterm.recv() => return false,
+                _ = sigint.recv() => return false,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.bound;
+        loop {
+            if inputs.policies.has_changed().unwrap_or(false) {
+                *policies = inputs.policies.borrow_and_update().clone();
+                let _ = self.uris.send(policies.jwks_uris());
+            }
+            let missing: Vec<String> = policies
+                .jwks_uris()
+                .into_iter()
+                .map(|(uri, _)| uri)
+                .filter(|uri| !self.jwks.contains(uri))
+                .collect();
+            if missing.is_empty() {
+                info!("signing keys fetched: taking over");
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    ?missing,
+                    "signing keys not fetched within {:?}: taking over anyway", self.bound
+                );
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = sigterm.recv() => return false,
+                _ = sigint.recv() => return false,
+            }
+        }
+    }
+}
+
+/// Added to the longest JWKS fetch a hand-over waits for.
+const HANDOVER_KEYS_MARGIN: Duration = Duration::from_secs(2);
 
 /// Retry delay for workloads that could not be enrolled.
 const ENROL_RETRY: Duration = Duration::from_secs(2);
@@ -169,11 +235,11 @@ async fn run_engine(
         access_log: access_log.clone(),
     });
 
-    let policies = inputs.policies.borrow_and_update().clone();
+    let mut policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
     let (jwks_done_tx, mut jwks_done_rx) = watch::channel(false);
     tokio::spawn(crate::sources::jwks::keep_fresh(
-        jwks,
+        jwks.clone(),
         jwks_uris_rx,
         config.jwks_refresh,
         jwks_done_tx,
@@ -200,6 +266,24 @@ async fn run_engine(
             proc_root: config.host_proc.clone(),
         },
     };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let others_serving = datapath
+        .lock()
+        .map(|dp| dp.others_serving())
+        .unwrap_or(false);
+    let mut stopping = false;
+    if others_serving {
+        let signals = (&mut sigterm, &mut sigint);
+        let handover = HandOver {
+            uris: &jwks_uris_tx,
+            jwks: &jwks,
+            bound: config.jwks.max_timeout + HANDOVER_KEYS_MARGIN,
+        };
+        stopping = !handover
+            .await_keys(&mut inputs, &mut policies, signals)
+            .await;
+    }
     let mut enroller = Enroller::new(&config.root_namespace);
     enroller.set_policies(policies);
     if let Some(wls) = inputs.workloads.borrow_and_update().clone() {
@@ -207,14 +291,15 @@ async fn run_engine(
     }
 
     let mut retry = tokio::time::interval(ENROL_RETRY);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     // A source that ends keeps its last state in force (no busy loop on a
     // closed channel).
     let (mut policies_open, mut workloads_open) = (true, true);
 
     let mut reported_failures = std::collections::BTreeMap::new();
     loop {
+        if stopping {
+            break;
+        }
         enroller.reconcile(&mut backend);
         if let Some(tx) = &inputs.enrolled {
             let now = enroller.enrolled_instances();

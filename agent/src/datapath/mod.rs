@@ -287,6 +287,14 @@ impl Datapath {
         }
     }
 
+    /// Whether another agent's listeners are in `VERIFIER_SOCKS` now. The
+    /// kernel drops a socket from a sockhash when it closes, so an entry
+    /// means a live agent is serving (a hand-over), not the leftovers of a
+    /// killed one.
+    pub fn others_serving(&self) -> bool {
+        self.socks.keys().any(|k| k.is_ok())
+    }
+
     /// This agent's generation.
     pub fn generation(&self) -> u64 {
         self.generation
