@@ -55,6 +55,27 @@ pub fn rss(pid: u32) -> Result<(u64, u64)> {
     Ok((kib("VmRSS:")?, kib("VmHWM:")?))
 }
 
+/// Context switches (voluntary and not) of every living thread of `pid`:
+/// each time a thread went to sleep or was preempted. Threads that exited
+/// take theirs with them, which is fine for long-lived runtimes.
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing /proc/{pid}/task"))?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
 /// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (a load
 /// generator holding a thousand connections needs more than the usual 1024)
 /// and returns the new soft limit.
@@ -93,5 +114,8 @@ mod tests {
         assert!(cpu_time(pid).unwrap() > Duration::ZERO);
         let (now, peak) = rss(pid).unwrap();
         assert!(now > 0 && peak >= now, "rss {now} peak {peak}");
+        let before = context_switches(pid).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(context_switches(pid).unwrap() > before);
     }
 }

@@ -298,7 +298,7 @@ fn one(
                 _ => sources.flood[round].len(),
             };
             let text = format!(
-                "{} sources{}: {} forged requests, {} answered 401, {} other answers, {} connects failed, {} unanswered; {} packets dropped by the source ban",
+                "{} sources{}: {} forged requests, {} answered 401, {} other answers, {} connects failed, {} unanswered; {} packets dropped by source bans (from any banned source, earlier floods' included)",
                 n_sources,
                 match condition {
                     Condition::PacedFlood => format!(" × {} req/s", cfg.paced_rate),
@@ -425,6 +425,7 @@ pub fn attack_table(samples: &[Sample], cfg: &Config) -> String {
         "legitimate traffic (jwtgate, cache hits)",
         "req/s",
         "p50 µs",
+        "p90 µs",
         "p99 µs",
         "p99 ÷ idle",
         "errors",
@@ -461,6 +462,7 @@ pub fn attack_table(samples: &[Sample], cfg: &Config) -> String {
             label,
             int(median(of(c).map(|s| s.wrk.rps()))),
             num(median(of(c).map(|s| s.wrk.p50))),
+            num(median(of(c).map(|s| s.wrk.p90))),
             num(p99),
             if c == Condition::Idle {
                 "1.00×".into()

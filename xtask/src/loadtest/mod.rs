@@ -209,8 +209,9 @@ fn run_phases(
         ));
         let samples = throughput::run(bed, &cfg, scripts, log)?;
         sections.push(format!(
-            "## Throughput and latency (issue 12)\n\n{}",
-            throughput::tables(&samples, &cfg.conns)
+            "## Throughput and latency (issue 12)\n\n{}\n{}",
+            throughput::tables(&samples, &cfg.conns),
+            agent_state(bed)?
         ));
         if args.perf {
             sections.push(profiles(bed, args, scripts, log)?);
@@ -263,6 +264,22 @@ fn run_phases(
     Ok(sections)
 }
 
+/// The agent's memory and token cache now, in one line.
+fn agent_state(bed: &bed::LoadBed) -> Result<String> {
+    let (Some(agent), Some(pid)) = (bed.agent(), bed.agent_pid()) else {
+        return Ok(String::new());
+    };
+    let (rss, peak) = jwtgate_e2e::procstat::rss(pid)?;
+    let m = agent.metrics()?;
+    Ok(format!(
+        "Agent after this phase: RSS {:.1} MiB (peak {:.1} MiB); token cache {} entries, {:.1} MiB by its own estimate (jwtgate_token_cache_bytes).\n",
+        rss as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        report::int(metric(&m, "jwtgate_token_cache_entries")),
+        metric(&m, "jwtgate_token_cache_bytes") / 1048576.0
+    ))
+}
+
 /// perf profiles of the bare hop and the agent under the same load.
 fn profiles(
     bed: &bed::LoadBed,
@@ -270,28 +287,56 @@ fn profiles(
     scripts: &Scripts,
     log: &mut Log,
 ) -> Result<String> {
-    let conns = *args.conns.iter().max().unwrap_or(&8);
-    let spec = |addr: std::net::SocketAddr| wrk::WrkSpec {
+    let spec = |addr: std::net::SocketAddr, conns: u32, token_file: Option<PathBuf>| wrk::WrkSpec {
         netns: bed.faq.client.netns.clone(),
         url: format!("http://{addr}{}", throughput::REQUEST_PATH),
         conns,
         threads: args.wrk_threads,
         duration: Duration::from_secs(args.duration),
-        token: Some(jwtgate_e2e::faq::demo_jwt()),
-        token_file: None,
+        token: token_file.is_none().then(jwtgate_e2e::faq::demo_jwt),
+        token_file,
     };
-    let mut out = String::from("## perf profiles under (c)'s load\n\n```text\n");
-    for (name, pid, addr) in [
-        ("barehop", bed.hop_pid(), bed.hop_addr()),
-        ("agent", bed.agent_pid(), bed.jwtgate_addr()),
-    ] {
-        let pid = pid.with_context(|| format!("no {name} process"))?;
+    // One token file more than the (d) runs used: this agent has seen none
+    // of its tokens.
+    let miss_runs = args.rounds * args.conns.len();
+    let miss_file =
+        throughput::ensure_token_files(&log.tokens_dir(), args.miss_tokens, miss_runs + 1)?
+            .pop()
+            .context("no token file")?;
+    let (lo, hi) = (
+        *args.conns.iter().min().unwrap_or(&1),
+        *args.conns.iter().max().unwrap_or(&8),
+    );
+    let mut runs = Vec::new();
+    for c in if lo == hi { vec![hi] } else { vec![lo, hi] } {
+        runs.push((
+            format!("barehop-c{c}"),
+            bed.hop_pid(),
+            spec(bed.hop_addr(), c, None),
+        ));
+        runs.push((
+            format!("agent-hit-c{c}"),
+            bed.agent_pid(),
+            spec(bed.jwtgate_addr(), c, None),
+        ));
+    }
+    runs.push((
+        format!("agent-miss-c{hi}"),
+        bed.agent_pid(),
+        spec(bed.jwtgate_addr(), hi, Some(miss_file)),
+    ));
+    let mut out = String::from(
+        "## perf profiles: the bare hop and the agent under the same load\n\n```text\n",
+    );
+    for (name, pid, spec) in runs {
+        let pid = pid.with_context(|| format!("no process for {name}"))?;
+        interrupt::check()?;
         log.say(&format!("perf: sampling {name} (pid {pid})"));
-        out.push_str(&perf::profile(log.dir(), name, pid, &spec(addr), scripts)?);
+        out.push_str(&perf::profile(log.dir(), &name, pid, &spec, scripts)?);
         out.push('\n');
     }
     out.push_str(&format!(
-        "```\n\nFull reports: {}/{{barehop,agent}}.txt (perf report -i …data for more).\n",
+        "```\n\nFull reports: {}/*.txt (and `perf report -i <name>.data` for call graphs).\n",
         log.dir().display()
     ));
     Ok(out)

@@ -91,7 +91,8 @@ pub fn profile(
         text.lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
             .take(n)
-            .map(|l| format!("    {}\n", l.trim_end()))
+            // perf pads some layouts with empty "-" columns.
+            .map(|l| format!("    {}\n", l.trim_end_matches([' ', '-'])))
             .collect()
     };
     // Inclusive time of the proxy's own functions and hyper's: the runtime

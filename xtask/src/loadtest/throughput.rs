@@ -68,11 +68,20 @@ pub struct Sample {
     pub wrk: WrkResult,
     /// CPU time of the proxy process (hop or agent) during the run.
     pub proxy_cpu: Option<Duration>,
+    /// Context switches of the proxy's threads during the run.
+    pub switches: Option<u64>,
     /// Token cache (hits, misses) during the run, for jwtgate's routes.
     pub cache: Option<(f64, f64)>,
 }
 
 impl Sample {
+    fn switches_per_request(&self) -> f64 {
+        match self.switches {
+            Some(n) if self.wrk.requests > 0 => n as f64 / self.wrk.requests as f64,
+            _ => f64::NAN,
+        }
+    }
+
     fn cpu_us_per_request(&self) -> f64 {
         match self.proxy_cpu {
             Some(cpu) if self.wrk.requests > 0 => {
@@ -209,14 +218,19 @@ fn measure(
         .filter(|_| matches!(route, Route::Hit | Route::Miss));
     let cache_before = agent.map(cache_counters).transpose()?;
     let cpu_before = pid.map(procstat::cpu_time).transpose()?;
+    let switches_before = pid.map(procstat::context_switches).transpose()?;
     let wrk = wrk::run(spec, scripts)?;
     let cpu_after = pid.map(procstat::cpu_time).transpose()?;
+    let switches_after = pid.map(procstat::context_switches).transpose()?;
     let cache_after = agent.map(cache_counters).transpose()?;
     Ok(Sample {
         route,
         conns,
         wrk,
         proxy_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        switches: switches_before
+            .zip(switches_after)
+            .map(|(b, a)| a.saturating_sub(b)),
         cache: cache_before
             .zip(cache_after)
             .map(|((h0, m0), (h1, m1))| (h1 - h0, m1 - m0)),
@@ -234,7 +248,7 @@ fn cache_counters(agent: &jwtgate_e2e::Agent) -> Result<(f64, f64)> {
 /// The token files of the (d) runs, `per_run` tokens each, all different.
 /// Kept under target/loadtest/tokens and reused by later invocations: each
 /// invocation starts a new agent with an empty cache.
-fn ensure_token_files(dir: &Path, per_run: u64, runs: usize) -> Result<Vec<PathBuf>> {
+pub fn ensure_token_files(dir: &Path, per_run: u64, runs: usize) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let files: Vec<PathBuf> = (0..runs)
         .map(|k| dir.join(format!("rs256-{per_run}-{k}.txt")))
@@ -277,6 +291,7 @@ pub fn tables(samples: &[Sample], conns: &[u32]) -> String {
     let p50 = |s: &Sample| s.wrk.p50;
     let p99 = |s: &Sample| s.wrk.p99;
     let cpu = |s: &Sample| s.cpu_us_per_request();
+    let switches = |s: &Sample| s.switches_per_request();
     let errors = |r: Route, c: u32| -> u64 {
         samples
             .iter()
@@ -292,6 +307,7 @@ pub fn tables(samples: &[Sample], conns: &[u32]) -> String {
         "p50 µs",
         "p99 µs",
         "CPU µs/req",
+        "ctx sw/req",
         "req/s ÷ (b)",
         "CPU ÷ (b)",
         "p99 ÷ (b)",
@@ -308,6 +324,7 @@ pub fn tables(samples: &[Sample], conns: &[u32]) -> String {
                 num(stat(route, c, &p50)),
                 num(stat(route, c, &p99)),
                 num(stat(route, c, &cpu)),
+                format!("{:.2}", stat(route, c, &switches)).replace("NaN", "—"),
                 ratio(stat(route, c, &rps) / stat(Route::Hop, c, &rps)),
                 if is_direct {
                     "—".into()
