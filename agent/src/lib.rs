@@ -3,14 +3,17 @@
 //!
 //! Pure core (no I/O): [`policy`], [`jwt`], [`authz`]. Edges that adapt to it:
 //! [`sources`] (policy folder, workloads file, JWKS fetching), [`netns`]
-//! (network namespaces), [`datapath`] (eBPF programs and maps), [`proxy`]
+//! (network namespaces), [`addrs`] (node, exempt and restricted addresses),
+//! [`datapath`] (eBPF programs and maps), [`proxy`]
 //! (the verifier in front of each enrolled workload), [`metrics`],
 //! and [`app`], which wires them together for `jwtgate agent`.
 
+pub mod addrs;
 pub mod app;
 pub mod authz;
 pub mod check;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod enroll;
 pub mod inbound;

@@ -174,25 +174,31 @@ fn connect_from(
     }
 }
 
-#[test]
-fn steer_guard_fail_closed_fail_open() {
+/// A private bpffs and two namespaces (client, pod), or `None` when the
+/// test cannot run here (said out loud; a failure under CI).
+fn bed() -> Option<(Bpffs, NetNs, NetNs)> {
     if !jwtgate_e2e::require_privileges() {
-        return;
+        return None;
     }
     // CI builds the agent with the object; anywhere else a plain `cargo test`
-    // without it is a skip, said out loud.
+    // without it is a skip.
     if !datapath::object_embedded() {
         jwtgate_e2e::skip(
             "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
         );
-        return;
+        return None;
     }
-
     let bpffs = Bpffs {
         dir: tempfile::tempdir().unwrap(),
     };
-    let client = netns();
-    let pod = netns();
+    Some((bpffs, netns(), netns()))
+}
+
+#[test]
+fn steer_guard_fail_closed_fail_open() {
+    let Some((bpffs, client, pod)) = bed() else {
+        return;
+    };
     let net = 10 + std::process::id() % 200;
     let client_ip: Ipv4Addr = format!("10.254.{net}.1").parse().unwrap();
     let pod_ip: Ipv4Addr = format!("10.254.{net}.2").parse().unwrap();
@@ -466,20 +472,9 @@ fn connect_any(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> std::io::
 /// through unsteered (make-before-break).
 #[test]
 fn every_port_both_families_and_the_passthrough_cannot_be_forged() {
-    if !jwtgate_e2e::require_privileges() {
+    let Some((bpffs, client, pod)) = bed() else {
         return;
-    }
-    if !datapath::object_embedded() {
-        jwtgate_e2e::skip(
-            "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
-        );
-        return;
-    }
-    let bpffs = Bpffs {
-        dir: tempfile::tempdir().unwrap(),
     };
-    let client = netns();
-    let pod = netns();
     let net = 10 + std::process::id() % 200;
     let client_ip: Ipv4Addr = format!("10.253.{net}.1").parse().unwrap();
     let pod_ip: Ipv4Addr = format!("10.253.{net}.2").parse().unwrap();

@@ -13,6 +13,8 @@ pub const MAP_VERIFIER_SOCKS: &str = "VERIFIER_SOCKS";
 pub const MAP_BYPASS_SRC: &str = "BYPASS_SRC";
 pub const MAP_DENY_SRC: &str = "DENY_SRC";
 pub const MAP_DENY_FLOW: &str = "DENY_FLOW";
+pub const MAP_DENY_PAIR: &str = "DENY_PAIR";
+pub const MAP_DENY_MANUAL: &str = "DENY_MANUAL";
 pub const MAP_STEER_STATS: &str = "STEER_STATS";
 pub const MAP_GUARD_STATS: &str = "GUARD_STATS";
 
@@ -31,6 +33,10 @@ pub const MESH_ENTRIES_PER_WORKLOAD_MAX: u32 = 256;
 pub const BYPASS_SRC_MAX: u32 = 1024;
 pub const DENY_SRC_MAX: u32 = 65536;
 pub const DENY_FLOW_MAX: u32 = 65536;
+pub const DENY_PAIR_MAX: u32 = 65536;
+/// Operator bans live in a plain hash, never an LRU: when it is full a new
+/// `deny-source` fails loudly instead of silently evicting an older ban.
+pub const DENY_MANUAL_MAX: u32 = 16384;
 
 /// `MeshVal::flags`: when no verifier listener exists for the port, let the
 /// connection through to the application instead of refusing it.
@@ -84,7 +90,8 @@ pub struct MeshVal {
     pub flags: u32,
 }
 
-/// Value of `DENY_SRC` (keyed by a 16-byte source address) and `DENY_FLOW`.
+/// Value of every deny map: `DENY_MANUAL` and `DENY_SRC` (keyed by a 16-byte
+/// source address), `DENY_PAIR` and `DENY_FLOW`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DenyVal {
@@ -100,6 +107,18 @@ pub struct DenyVal {
 pub const DENY_REASON_AUTH_FAILURES: u32 = 1;
 /// An operator pushed the entry by hand.
 pub const DENY_REASON_MANUAL: u32 = 2;
+
+/// Key of `DENY_PAIR`: every packet from one source to one workload address,
+/// whatever the protocol and ports. An automatic ban is scoped this way to
+/// the workload that saw the failures, so a shared source (an ingress
+/// gateway, a SNATing node) keeps reaching every other workload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub saddr: [u8; 16],
+    /// The workload (pod) address the packets are sent to.
+    pub daddr: [u8; 16],
+}
 
 /// Key of `DENY_FLOW`: one TCP/UDP flow towards a pod.
 #[repr(C)]
@@ -153,7 +172,9 @@ pub mod guard_stat {
     pub const PARSE_ERR: u32 = 4;
     /// A passthrough source (127.0.0.6, ::6) arriving from outside the pod.
     pub const DROP_FORGED_PASSTHROUGH: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Source banned towards this workload address only (`DENY_PAIR`).
+    pub const DROP_PAIR: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "drop_src",
@@ -161,6 +182,7 @@ pub mod guard_stat {
         "expired",
         "parse_err",
         "drop_forged_passthrough",
+        "drop_pair",
     ];
 }
 
@@ -175,6 +197,7 @@ const _: () = assert!(core::mem::size_of::<MeshKey>() == 20);
 const _: () = assert!(core::mem::size_of::<MeshVal>() == 8);
 const _: () = assert!(core::mem::size_of::<DenyVal>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<PairKey>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -184,4 +207,5 @@ mod pod {
     unsafe impl aya::Pod for super::MeshVal {}
     unsafe impl aya::Pod for super::DenyVal {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::PairKey {}
 }

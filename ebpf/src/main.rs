@@ -5,7 +5,8 @@
 //!   address families) to the verifier listener of that family that the
 //!   agent created inside the pod netns.
 //! * `guard` (`xdp`, on the pod interfaces inside the pod netns): drops
-//!   packets from banned sources and flows before the IP stack sees them.
+//!   packets from banned sources, source → workload pairs and flows before
+//!   the IP stack sees them.
 //!
 //! Map layouts live in `jwtgate-common`; every map is pinned by name so a
 //! restarted agent (and the `deny-source` CLI) reuses the same maps.
@@ -26,9 +27,10 @@ use aya_ebpf::{
     programs::{SkLookupContext, XdpContext},
 };
 use jwtgate_common::{
-    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, BYPASS_SRC_MAX,
-    DENY_FLOW_MAX, DENY_SRC_MAX, LISTENER_KEY_V6, MESH_F_EXCLUDED,
-    MESH_F_FAIL_OPEN, MESH_PORTS_MAX, MESH_PORT_ANY, PROTO_TCP, VERIFIER_SOCKS_MAX,
+    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, PairKey,
+    BYPASS_SRC_MAX, DENY_FLOW_MAX, DENY_MANUAL_MAX, DENY_PAIR_MAX, DENY_SRC_MAX, LISTENER_KEY_V6,
+    MESH_F_EXCLUDED, MESH_F_FAIL_OPEN, MESH_PORTS_MAX, MESH_PORT_ANY, PROTO_TCP,
+    VERIFIER_SOCKS_MAX,
 };
 
 // Map names must equal the `MAP_*` constants in `jwtgate-common`: aya pins a
@@ -43,8 +45,19 @@ static VERIFIER_SOCKS: SockHash<u32> = SockHash::pinned(VERIFIER_SOCKS_MAX, 0);
 #[map]
 static BYPASS_SRC: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(BYPASS_SRC_MAX, 0);
 
+/// Operator bans (`jwtgate deny-source`): a plain hash, so nothing the agent
+/// does can evict them.
+#[map]
+static DENY_MANUAL: HashMap<[u8; 16], DenyVal> = HashMap::pinned(DENY_MANUAL_MAX, 0);
+
+/// Automatic source-wide bans (a source that failed towards several
+/// workloads). LRU: a flood of bans recycles the oldest automatic ones.
 #[map]
 static DENY_SRC: LruHashMap<[u8; 16], DenyVal> = LruHashMap::pinned(DENY_SRC_MAX, 0);
+
+/// Automatic bans scoped to one source → workload address pair.
+#[map]
+static DENY_PAIR: LruHashMap<PairKey, DenyVal> = LruHashMap::pinned(DENY_PAIR_MAX, 0);
 
 #[map]
 static DENY_FLOW: LruHashMap<FlowKey, DenyVal> = LruHashMap::pinned(DENY_FLOW_MAX, 0);
@@ -74,13 +87,34 @@ fn deny_active(val: &DenyVal) -> bool {
     val.expires_ns == 0 || val.expires_ns > unsafe { bpf_ktime_get_ns() }
 }
 
-/// Looks `src` up in `DENY_SRC`: `Some(true)` active ban, `Some(false)`
-/// expired entry, `None` no entry.
+/// Looks `src` up in `DENY_MANUAL`, then `DENY_SRC`: `Some(true)` active
+/// ban, `Some(false)` only expired entries, `None` no entry.
 #[inline(always)]
 fn src_denied(src: &[u8; 16]) -> Option<bool> {
-    // SAFETY: the value is copied out at once; an LRU entry being replaced
+    // SAFETY: values are copied out at once; an entry being replaced
     // concurrently can at worst yield a stale expiry, which is harmless.
-    let val = unsafe { DENY_SRC.get(src) }.copied()?;
+    let manual = unsafe { DENY_MANUAL.get(src) }.copied();
+    if let Some(val) = manual {
+        if deny_active(&val) {
+            return Some(true);
+        }
+    }
+    match unsafe { DENY_SRC.get(src) }.copied() {
+        Some(val) => Some(deny_active(&val)),
+        None => manual.map(|_| false),
+    }
+}
+
+/// Looks the pair `src → dst` up in `DENY_PAIR` (same answers as
+/// `src_denied`).
+#[inline(always)]
+fn pair_denied(src: &[u8; 16], dst: &[u8; 16]) -> Option<bool> {
+    let key = PairKey {
+        saddr: *src,
+        daddr: *dst,
+    };
+    // SAFETY: copied out at once (see `src_denied`).
+    let val = unsafe { DENY_PAIR.get(key) }.copied()?;
     Some(deny_active(&val))
 }
 
@@ -177,7 +211,7 @@ fn try_steer(ctx: &SkLookupContext) -> u32 {
 
     // Second line of defence for bans: XDP drops the SYN silently, but where
     // XDP could not be attached this still refuses the connection (RST).
-    if src_denied(&remote) == Some(true) {
+    if src_denied(&remote) == Some(true) || pair_denied(&remote, &local) == Some(true) {
         count(&STEER_STATS, steer_stat::DENY_SRC_DROP);
         return sk_action::SK_DROP;
     }
@@ -353,10 +387,19 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, Truncated> {
         return Ok(xdp_action::XDP_DROP);
     }
 
-    // Source bans first: they need no L4 header and cover every protocol.
+    // Source and pair bans first: they need no L4 header and cover every
+    // protocol.
     match src_denied(&flow.saddr) {
         Some(true) => {
             count(&GUARD_STATS, guard_stat::DROP_SRC);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Some(false) => count(&GUARD_STATS, guard_stat::EXPIRED),
+        None => {}
+    }
+    match pair_denied(&flow.saddr, &flow.daddr) {
+        Some(true) => {
+            count(&GUARD_STATS, guard_stat::DROP_PAIR);
             return Ok(xdp_action::XDP_DROP);
         }
         Some(false) => count(&GUARD_STATS, guard_stat::EXPIRED),

@@ -172,9 +172,16 @@ pub fn agent_args(files: &AgentFiles, metrics: SocketAddr, opts: &AgentOptions) 
     if let Some(ns) = &opts.root_namespace {
         args.extend(["--root-namespace".into(), ns.into()]);
     }
+    if !opts.strict_jwks_addresses {
+        args.extend(JWKS_ON_LOOPBACK.map(OsString::from));
+    }
     args.extend(opts.extra_args.iter().map(OsString::from));
     args
 }
+
+/// The test bed's JWKS server (nginx) listens on the host's loopback, which
+/// the agent refuses to fetch from by default: these flags allow it.
+pub const JWKS_ON_LOOPBACK: [&str; 2] = ["--jwks-allow-cidr", "127.0.0.0/8"];
 
 /// Flags of `jwtgate agent` beyond the files the test node writes.
 #[derive(Debug, Clone, Default)]
@@ -183,6 +190,8 @@ pub struct AgentOptions {
     pub fail_open: bool,
     pub root_namespace: Option<String>,
     pub extra_args: Vec<String>,
+    /// Leave out [`JWKS_ON_LOOPBACK`]: the agent's default address checks.
+    pub strict_jwks_addresses: bool,
     /// Extra environment, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
 }

@@ -53,17 +53,17 @@ impl EchoApp {
         let ports = ports.to_vec();
         // Listeners are created inside the pod netns; the accept threads can then run
         // anywhere because a socket stays in the namespace it was created in.
-        let listeners = crate::netns::run_in(netns, move || {
-            ports
-                .iter()
-                .map(|p| {
-                    let l = TcpListener::bind(("::", *p))
-                        .with_context(|| format!("binding the echo app to port {p}"))?;
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                })
-                .collect::<Result<Vec<_>>>()
-        })??;
+        let listeners = crate::netns::run_in(netns, move || bind_all(&ports))??;
+        Self::serve(listeners, name)
+    }
+
+    /// Like [`EchoApp::start`], in the caller's own network namespace: the app
+    /// of a real pod (`jwtgate-testpod`), which has no right to `setns`.
+    pub fn start_here(name: &str, ports: &[u16]) -> Result<Self> {
+        Self::serve(bind_all(ports)?, name)
+    }
+
+    fn serve(listeners: Vec<TcpListener>, name: &str) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let threads = listeners
@@ -107,6 +107,20 @@ impl Drop for EchoApp {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn bind_all(ports: &[u16]) -> Result<Vec<TcpListener>> {
+    ports
+        .iter()
+        .map(|p| {
+            // Both families where the namespace has IPv6, else IPv4 alone.
+            let l = TcpListener::bind(("::", *p))
+                .or_else(|_| TcpListener::bind(("0.0.0.0", *p)))
+                .with_context(|| format!("binding the echo app to port {p}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect()
 }
 
 fn accept_loop(l: TcpListener, name: &str, stop: &AtomicBool, seen: &Mutex<Vec<SeenRequest>>) {

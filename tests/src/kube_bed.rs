@@ -71,6 +71,19 @@ impl KubeBed {
         Ok(pod)
     }
 
+    /// A pod as a runtime has it at CNI ADD: the namespace with its address
+    /// and app, the Pod object scheduled on this node — but no IP in its
+    /// status yet and no sandbox process for the agent to find.
+    pub fn add_pod_before_cni(&mut self, spec: PodSpec) -> Result<PodHandle> {
+        let pod = self.node.add_pod(spec)?;
+        self.api.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+            pod.spec.namespace
+        ))?;
+        self.apply_pod(&pod, &pod.spec.labels)?;
+        Ok(pod)
+    }
+
     /// The pod's "pause process": what the agent finds the pod's netns by.
     /// Call again after re-creating the Pod object (a new UID).
     pub fn start_sandbox(&mut self, pod: &PodHandle) -> Result<()> {
@@ -123,6 +136,11 @@ impl KubeBed {
     /// Start `jwtgate agent --kube` with the agent's kubeconfig; returns
     /// once /readyz is 200 (first full sync done, eBPF attached).
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with_args(&[])
+    }
+
+    /// `start_agent` with more flags.
+    pub fn start_agent_with_args(&mut self, extra: &[&str]) -> Result<()> {
         let bin = binary()?;
         let kubeconfig = self.api.agent_kubeconfig();
         let node_name = self.node_name.clone();
@@ -136,6 +154,8 @@ impl KubeBed {
                 .arg(&files.pin_root)
                 .arg("--metrics-addr")
                 .arg(metrics.to_string())
+                .args(crate::agent::JWKS_ON_LOOPBACK)
+                .args(extra)
                 .env("NODE_NAME", &node_name)
                 .env(
                     "RUST_LOG",

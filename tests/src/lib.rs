@@ -16,8 +16,11 @@ pub mod jwks_server;
 pub mod kube_bed;
 pub mod netns;
 pub mod nginx_app;
+pub mod node;
 pub mod process;
 pub mod procstat;
+pub mod raw_app;
+pub mod raw_client;
 pub mod sandbox;
 pub mod steady_load;
 pub mod tcp_app;
@@ -170,17 +173,31 @@ pub fn cleanup_leftovers() -> anyhow::Result<Vec<String>> {
             .strip_prefix(&tmp)
             .ok()
             .and_then(|r| r.components().next())
-            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with("jg-"));
+            .is_some_and(|c| left_behind(&c.as_os_str().to_string_lossy()));
         if in_ours {
             topology::unmount_all_under(&m)?;
             removed.push(format!("mount {}", m.display()));
         }
     }
-    for name in netns::list().into_iter().filter(|n| n.starts_with("jg-")) {
+    for name in netns::list().into_iter().filter(|n| left_behind(n)) {
         netns::remove_named(&Path::new(netns::NETNS_DIR).join(&name))?;
         removed.push(format!("netns {name}"));
     }
     Ok(removed)
+}
+
+/// A `jg-…` name made by a test process that is gone. Names carry their
+/// maker's pid (`jg-<tag>-<pid>-<n>`); one whose pid still runs belongs to a
+/// test running now (another `cargo test` on this machine) and is kept.
+fn left_behind(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("jg-") else {
+        return false;
+    };
+    let rest = rest.split('.').next().unwrap_or(rest);
+    !rest
+        .split('-')
+        .filter_map(|part| part.parse::<u32>().ok())
+        .any(|pid| pid > 1 && Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// First line of every privileged test returning `anyhow::Result<()>`: skips (or, in

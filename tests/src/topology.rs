@@ -479,6 +479,24 @@ impl TestNode {
         Ok(files)
     }
 
+    /// A second agent on the same files and pin root while the first still
+    /// runs (a surge upgrade); returns once it is ready. Its log is
+    /// `<prefix>.agent2.log`. Hand it over with [`TestNode::replace_agent`].
+    pub fn start_successor(&self, opts: &AgentOptions) -> Result<Agent> {
+        let mut files = self.agent_files();
+        files.log = crate::agent::logs_dir().join(format!("{}.agent2.log", self.prefix));
+        Agent::start(&files, opts)
+    }
+
+    /// Make `agent` the node's agent (after the previous one stopped).
+    pub fn replace_agent(&mut self, agent: Agent) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the previous agent is still running; stop_agent() first");
+        }
+        self.agent = Some(agent);
+        Ok(())
+    }
+
     /// Waits (bounded) for an agent stopped from outside to exit; see [`Agent::wait_exit`].
     pub fn wait_agent_exit(&mut self, timeout: std::time::Duration) -> Result<ExitStatus> {
         let mut agent = self.agent.take().context("no agent running")?;

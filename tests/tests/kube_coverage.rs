@@ -140,26 +140,27 @@ fn kube_namespace_claiming_a_pod_ip_is_not_taken_for_the_pod() -> Result<()> {
     twin_impostor.ip(&["link", "set", "eth0", "up"])?;
     let _real = Sandbox::start(&twin.netns, bed.node.prefix(), &uid)?;
     let _fake = Sandbox::start(&twin_impostor.path(), bed.node.prefix(), &uid)?;
+    // The agent may have reported the pod before its sandboxes started ("no
+    // process is running yet"); wait for the report about the two sandboxes.
+    let mut notes = Vec::new();
     let mut reported = false;
-    for _ in 0..50 {
-        let events = bed.api.events(NS, "twin")?;
-        if events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("NotProtected"))
-        {
+    for _ in 0..75 {
+        notes = bed
+            .api
+            .events(NS, "twin")?
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("NotProtected"))
+            .filter_map(|e| e.note)
+            .collect();
+        if notes.iter().any(|n| n.contains("refusing to guess")) {
             reported = true;
-            let note = events
-                .iter()
-                .find_map(|e| e.note.clone())
-                .unwrap_or_default();
-            assert!(note.contains("refusing to guess"), "{note}");
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
         reported,
-        "no NotProtected event on twin\n{}",
+        "no NotProtected event about the two sandboxes on twin: {notes:?}\n{}",
         bed.node.agent_log()
     );
     let metrics = bed.node.agent().context("agent")?.metrics()?;

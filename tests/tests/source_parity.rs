@@ -409,7 +409,7 @@ fn agent_args(api: &ApiServer) -> Result<jwtgate::cli::AgentArgs> {
         &kubeconfig.to_string_lossy(),
     ])?;
     match cli.command {
-        jwtgate::cli::Command::Agent(args) => Ok(args),
+        jwtgate::cli::Command::Agent(args) => Ok(*args),
         other => bail!("parsed as {other:?}"),
     }
 }

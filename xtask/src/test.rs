@@ -33,7 +33,19 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let bin = build::target_dir().join("debug/jwtgate");
     // The Kubernetes-mode tests need a real API server and the manifest
     // validator, built once into ~/.cache/jwtgate (xtask/src/kube.rs).
-    let kube_env = crate::kube::test_env(&crate::kube::ensure()?);
+    let mut kube_env = crate::kube::test_env(&crate::kube::ensure()?);
+    // The real-node test (tests/tests/real_node.rs) needs the node's binaries,
+    // the pods' and the agent's images (xtask/src/node.rs); as root only, like
+    // every privileged test (without root it skips, or fails under CI).
+    let real_node_selected = args
+        .filter
+        .as_deref()
+        .is_none_or(|f| "real_node::daemonset_on_a_real_node_enforces_the_faq".contains(f));
+    if crate::setup::is_root() && real_node_selected {
+        let t = std::time::Instant::now();
+        kube_env.extend(crate::node::test_env(&crate::node::ensure(true)?));
+        eprintln!("test: real node prepared in {:.0?}", t.elapsed());
+    }
 
     let mut tally = Tally::default();
     let suites: [(&str, &[&str], &[&str]); 2] = [

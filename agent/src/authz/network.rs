@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use crate::policy::{Action, AuthzPolicy, WorkloadPolicy};
 
+use super::engine::first_matching_rule;
 use super::matcher::{rule_matches_connection, Attributes};
 use super::{Decision, HeaderEdits};
 
@@ -29,7 +30,7 @@ pub fn evaluate_connection(policy: &WorkloadPolicy, conn: &Connection) -> Decisi
         path: "",
         query: None,
         host: "",
-        headers: &[],
+        headers: super::header_view::HeaderView::client(&[]),
         port: conn.destination_port,
         source_ip: conn.source_ip,
         // No X-Forwarded-For on a connection: the peer is the remote.
@@ -72,16 +73,9 @@ fn first_match<'p>(
     action: Action,
     attrs: &Attributes,
 ) -> Option<(&'p AuthzPolicy, usize)> {
-    policy
-        .authz
-        .iter()
-        .filter(|p| p.action == action)
-        .find_map(|p| {
-            p.rules
-                .iter()
-                .position(|r| rule_matches_connection(r, action, attrs))
-                .map(|i| (&**p, i))
-        })
+    first_matching_rule(policy, action, |r| {
+        rule_matches_connection(r, action, attrs)
+    })
 }
 
 fn decision(allowed: bool, reason: String, policy: Option<String>) -> Decision {

@@ -43,6 +43,9 @@ pub struct AgentArgs {
         required_if_eq("kube", "true")
     )]
     pub node_name: Option<String>,
+    /// The CNI plugin (Kubernetes mode).
+    #[command(flatten)]
+    pub cni: super::CniArgs,
     /// kubeconfig file for --kube (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
     #[arg(long, value_name = "FILE", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
@@ -54,6 +57,11 @@ pub struct AgentArgs {
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
+    /// Also serve /healthz, /readyz and /metrics on this unix socket, for
+    /// probes that must reach this agent and no other (`jwtgate probe`): in
+    /// a surge upgrade two agents share the node's metrics port.
+    #[arg(long, value_name = "PATH")]
+    pub health_socket: Option<PathBuf>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
@@ -70,16 +78,6 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
     /// How long to wait for a client's first bytes on a port whose protocol
     /// is not declared (by port name) before taking the connection for a
     /// server-first TCP protocol such as MySQL or SMTP. 0 waits for ever, as
@@ -95,12 +93,17 @@ pub struct AgentArgs {
     pub probe_sources: ProbeSourcesArg,
     /// Open downstream connections the agent accepts in all (every proxied
     /// connection holds two descriptors); over it, new ones are reset.
-    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    #[arg(long, value_name = "N", default_value_t = 8192)]
     pub max_connections: usize,
     /// Open downstream connections one source address may hold; over it,
     /// that source's new connections are reset while others are served.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections_per_source: usize,
+    /// Requests (and HTTP/2 streams, at most 100 per connection) in progress
+    /// node-wide; over it, 503 `envoy overloaded` (Envoy's overload manager
+    /// answer). Bounds the memory requests in flight hold.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_requests: usize,
     /// A request head must be complete this long after its first byte, or
     /// the client gets 408 and the connection closes (Envoy's
     /// request_headers_timeout, which it leaves off by default: that is the
@@ -119,6 +122,10 @@ pub struct AgentArgs {
     /// response with `Connection: close`) before idle ones are closed.
     #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
     pub drain_grace_ms: u64,
+    /// Serve HTTP/1.0 requests instead of answering 426 Upgrade Required:
+    /// the equivalent of Istio's PILOT_HTTP10=1 (Envoy's accept_http_10).
+    #[arg(long)]
+    pub accept_http10: bool,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -128,6 +135,9 @@ pub struct AgentArgs {
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
+    /// Automatic bans (`cli/bans.rs`).
+    #[command(flatten)]
+    pub bans: super::BanArgs,
 }
 
 /// `--probe-sources`.

@@ -10,7 +10,16 @@
 //! links/<key>/steer               sk_lookup link attached to the workload netns
 //! links/<key>/guard-<ifname>      XDP link on each interface inside the netns
 //! links/<key>/listener-<id>/      empty directory recording the listener id
+//! agents/<generation>/            one per running agent; the highest owns the datapath
 //! ```
+//!
+//! Two agents run side by side during a surge upgrade (the new DaemonSet pod
+//! starts before the old one stops). The newer one writes its listeners
+//! over the older's in `VERIFIER_SOCKS` as it enrols, so new connections go
+//! to it at once while the older finishes what it accepted; from then on
+//! only the newer may write steering: an older agent that sees a higher
+//! generation under `agents/` stops writing (`superseded`), or a late
+//! re-enrolment of its own would steal the listeners back.
 //!
 //! Everything the kernel needs outlives the agent process (pins), so a
 //! restarted agent re-adopts links, finds the listener ids again and only has
@@ -32,8 +41,9 @@ use aya::programs::links::FdLink;
 use aya::programs::{SkLookup, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use jwtgate_common::{
-    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, LISTENER_KEY_V6,
-    MAP_BYPASS_SRC, MAP_DENY_FLOW, MAP_DENY_SRC, MAP_GUARD_STATS, MAP_MESH_PORTS, MAP_STEER_STATS,
+    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, PairKey,
+    DENY_MANUAL_MAX, DENY_REASON_MANUAL, LISTENER_KEY_V6, MAP_BYPASS_SRC, MAP_DENY_FLOW,
+    MAP_DENY_MANUAL, MAP_DENY_PAIR, MAP_DENY_SRC, MAP_GUARD_STATS, MAP_MESH_PORTS, MAP_STEER_STATS,
     MAP_VERIFIER_SOCKS, MESH_ENTRIES_PER_WORKLOAD_MAX, MESH_F_EXCLUDED, MESH_F_FAIL_OPEN,
     MESH_PORTS_MAX, MESH_PORT_ANY, PROG_GUARD, PROG_STEER, PROTO_TCP,
 };
@@ -71,6 +81,8 @@ const GUARD_PIN_PREFIX: &str = "guard-";
 /// Loaded programs and handles to the pinned maps.
 pub struct Datapath {
     pin_root: PathBuf,
+    /// This agent's generation (`agents/<n>`).
+    generation: u64,
     ebpf: Ebpf,
     mesh: HashMap<MapData, MeshKey, MeshVal>,
     socks: SockHash<MapData, u32>,
@@ -116,8 +128,10 @@ impl Datapath {
         let steer_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_STEER_STATS)?)?;
         let guard_stats = PerCpuArray::try_from(take_map(&mut ebpf, MAP_GUARD_STATS)?)?;
 
+        let generation = claim_generation(&pin_root.join("agents"))?;
         let mut dp = Datapath {
             pin_root: pin_root.to_path_buf(),
+            generation,
             ebpf,
             mesh,
             socks,
@@ -161,6 +175,7 @@ impl Datapath {
         steering: &Steering<'_>,
         listeners: Listeners<'_>,
     ) -> Result<u32> {
+        self.ensure_owner()?;
         if steering.ips.is_empty() || steering.ports.is_empty() {
             bail!("workload {key}: nothing to enrol (no addresses or no ports)");
         }
@@ -261,8 +276,31 @@ impl Datapath {
         }
     }
 
+    /// This agent's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A newer agent runs on this pin root (surge upgrade): the steering is
+    /// its to write.
+    pub fn superseded(&self) -> bool {
+        newest_generation(&self.pin_root.join("agents")) > self.generation
+    }
+
+    fn ensure_owner(&self) -> Result<()> {
+        if self.superseded() {
+            bail!(
+                "a newer agent (generation {} > {}) owns the steering now",
+                newest_generation(&self.pin_root.join("agents")),
+                self.generation
+            );
+        }
+        Ok(())
+    }
+
     /// Remove the map entries and link pins of a workload. Idempotent.
     pub fn unenrol(&mut self, key: &str) -> Result<()> {
+        self.ensure_owner()?;
         let dir = self.key_dir(key);
         if !dir.exists() {
             return Ok(());
@@ -298,8 +336,13 @@ impl Datapath {
             (&self.guard_stats, &guard_stat::NAMES[..]),
         ] {
             for (i, name) in names.iter().enumerate() {
-                let per_cpu = map.get(&(i as u32), 0).context("reading counters")?;
-                out.push((*name, per_cpu.iter().sum()));
+                // A counter array pinned by an older agent may be shorter
+                // (counters are only ever appended): report what it has.
+                match map.get(&(i as u32), 0) {
+                    Ok(per_cpu) => out.push((*name, per_cpu.iter().sum())),
+                    Err(MapError::OutOfBounds { .. }) => {}
+                    Err(e) => return Err(e).context("reading counters"),
+                }
             }
         }
         Ok(out)
@@ -370,12 +413,12 @@ impl Datapath {
     fn attach_steer(&mut self, dir: &Path, netns: &File) -> Result<()> {
         let pin = dir.join(STEER_PIN);
         let ino = sys::netns_inode(netns)?;
+        let prog: &mut SkLookup = program(&mut self.ebpf, PROG_STEER)?.try_into()?;
         if let Some(t) = sys::pinned_link_target(&pin)? {
             if u64::from(t.target) == ino {
-                return Ok(());
+                return adopt(&t, prog.info()?.id(), prog.fd()?.as_fd(), &pin);
             }
         }
-        let prog: &mut SkLookup = program(&mut self.ebpf, PROG_STEER)?.try_into()?;
         let link_id = prog.attach(netns.as_fd())?;
         let link = FdLink::from(prog.take_link(link_id)?);
         pin_replacing(link, &pin)
@@ -385,6 +428,7 @@ impl Datapath {
     /// mode first (native on veth), generic (skb) mode as the fallback.
     fn attach_guard(&mut self, dir: &Path, netns: &File) -> Result<()> {
         let prog: &mut Xdp = program(&mut self.ebpf, PROG_GUARD)?.try_into()?;
+        let prog_id = prog.info()?.id();
         // Interface names and ifindexes only mean something inside the netns,
         // and the kernel resolves the attach ifindex in the caller's netns.
         let attached: Vec<String> = sys::in_netns(netns, || -> Result<Vec<String>> {
@@ -394,6 +438,7 @@ impl Datapath {
                 names.push(ifname.clone());
                 if let Some(t) = sys::pinned_link_target(&pin)? {
                     if t.target == ifindex {
+                        adopt(&t, prog_id, prog.fd()?.as_fd(), &pin)?;
                         continue;
                     }
                     // Stale (device gone or recreated): drop it first, an
@@ -428,6 +473,58 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // A clean exit gives the generation back (a killed agent leaves it;
+        // only the highest number matters).
+        let _ = std::fs::remove_dir(
+            self.pin_root
+                .join("agents")
+                .join(self.generation.to_string()),
+        );
+    }
+}
+
+/// Take the next generation: `agents/<max + 1>`, created atomically (mkdir
+/// fails if another agent took the same number first: try the next).
+fn claim_generation(dir: &Path) -> Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut n = newest_generation(dir) + 1;
+    loop {
+        match std::fs::create_dir(dir.join(n.to_string())) {
+            Ok(()) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("claiming a generation in {}", dir.display()))
+            }
+        }
+    }
+}
+
+fn newest_generation(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Keep a pinned link attached where it is; if it runs another instance of
+/// the program (an earlier agent's, perhaps older code), switch it to ours
+/// atomically, so an upgrade reaches every pod it re-adopts.
+fn adopt(link: &sys::LinkTarget, prog_id: u32, prog: BorrowedFd<'_>, pin: &Path) -> Result<()> {
+    if link.prog_id != prog_id {
+        sys::link_update(link.fd.as_fd(), prog)
+            .with_context(|| format!("switching {} to this agent's program", pin.display()))?;
+    }
+    Ok(())
 }
 
 /// Keys are free-form (`ns/name`), so everything but `[A-Za-z0-9-]` is
@@ -465,8 +562,16 @@ fn unescape_key(name: &str) -> Option<String> {
 
 /// Map access without loading programs: for the `jwtgate deny-source` CLI and
 /// the proxy's bans. Needs the maps pinned by a running (or earlier) agent.
+///
+/// Three kinds of ban, three maps (docs/bans.md):
+/// - operator bans (`DENY_REASON_MANUAL`) go to `DENY_MANUAL`, a plain hash:
+///   nothing evicts them, and a full map refuses a new one with an error;
+/// - automatic source-wide bans go to `DENY_SRC` (LRU);
+/// - automatic bans scoped to one workload address go to `DENY_PAIR` (LRU).
 pub struct DenyList {
+    manual: HashMap<MapData, [u8; 16], DenyVal>,
     src: HashMap<MapData, [u8; 16], DenyVal>,
+    pair: HashMap<MapData, PairKey, DenyVal>,
     flow: HashMap<MapData, FlowKey, DenyVal>,
 }
 
@@ -484,22 +589,105 @@ impl DenyList {
             Ok(Map::from_map_data(data)?)
         };
         Ok(DenyList {
+            manual: HashMap::try_from(open(MAP_DENY_MANUAL)?)?,
             src: HashMap::try_from(open(MAP_DENY_SRC)?)?,
+            pair: HashMap::try_from(open(MAP_DENY_PAIR)?)?,
             flow: HashMap::try_from(open(MAP_DENY_FLOW)?)?,
         })
     }
 
-    /// Ban `src` for `ttl` (`None` = forever): expiry = `CLOCK_MONOTONIC`
-    /// now + ttl, the clock the programs compare against.
+    /// Ban `src` from every workload for `ttl` (`None` = forever): expiry =
+    /// `CLOCK_MONOTONIC` now + ttl, the clock the programs compare against.
+    /// A `DENY_REASON_MANUAL` ban is an operator's and is never evicted;
+    /// any other reason is an automatic ban in the LRU map.
     pub fn deny_source(&mut self, src: IpAddr, ttl: Option<Duration>, reason: u32) -> Result<()> {
         let val = deny_val(ttl, reason)?;
-        self.src
-            .insert(addr16(src), val, 0)
-            .with_context(|| format!("inserting {src} into {MAP_DENY_SRC}"))
+        if reason != DENY_REASON_MANUAL {
+            return self
+                .src
+                .insert(addr16(src), val, 0)
+                .with_context(|| format!("inserting {src} into {MAP_DENY_SRC}"));
+        }
+        match self.manual.insert(addr16(src), val, 0) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                bail!(
+                    "{MAP_DENY_MANUAL} is full ({DENY_MANUAL_MAX} bans): lift some with \
+                     `jwtgate allow-source` first; no ban was evicted"
+                )
+            }
+            Err(e) => Err(e).with_context(|| format!("inserting {src} into {MAP_DENY_MANUAL}")),
+        }
     }
 
+    /// Ban every packet from `src` to the workload address `dst` (any
+    /// protocol, any port) for `ttl`; other workloads still see `src`.
+    pub fn deny_pair(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ttl: Option<Duration>,
+        reason: u32,
+    ) -> Result<()> {
+        let val = deny_val(ttl, reason)?;
+        self.pair
+            .insert(pair_key(src, dst), val, 0)
+            .with_context(|| format!("inserting {src}->{dst} into {MAP_DENY_PAIR}"))
+    }
+
+    /// Lift every ban of `src`: operator, source-wide and scoped.
     pub fn allow_source(&mut self, src: IpAddr) -> Result<()> {
-        remove_ignoring_missing(self.src.remove(&addr16(src)))
+        let key = addr16(src);
+        remove_ignoring_missing(self.manual.remove(&key))?;
+        remove_ignoring_missing(self.src.remove(&key))?;
+        let pairs: Vec<PairKey> = self
+            .pair
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.saddr == key)
+            .collect();
+        for k in pairs {
+            remove_ignoring_missing(self.pair.remove(&k))?;
+        }
+        Ok(())
+    }
+
+    pub fn allow_pair(&mut self, src: IpAddr, dst: IpAddr) -> Result<()> {
+        remove_ignoring_missing(self.pair.remove(&pair_key(src, dst)))
+    }
+
+    /// Whether `src` has an operator ban (expired or not).
+    pub fn has_manual(&self, src: IpAddr) -> Result<bool> {
+        match self.manual.get(&addr16(src), 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Operator bans that an agent before `DENY_MANUAL` existed wrote into
+    /// the LRU `DENY_SRC` are copied to `DENY_MANUAL`, where nothing can
+    /// evict them. Returns how many were copied.
+    pub fn adopt_manual_bans(&mut self) -> Result<usize> {
+        let legacy: Vec<([u8; 16], DenyVal)> = self
+            .src
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| v.reason == DENY_REASON_MANUAL)
+            .collect();
+        let mut copied = 0;
+        for (key, val) in legacy {
+            if self.manual.get(&key, 0).is_err() {
+                self.manual
+                    .insert(key, val, 0)
+                    .with_context(|| format!("copying a manual ban into {MAP_DENY_MANUAL}"))?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
     }
 
     /// Ban one TCP flow `src:sport → dst:dport` (e.g. a connection the
@@ -523,6 +711,13 @@ impl DenyList {
         dst: std::net::SocketAddr,
     ) -> Result<()> {
         remove_ignoring_missing(self.flow.remove(&flow_key(src, dst)))
+    }
+}
+
+fn pair_key(src: IpAddr, dst: IpAddr) -> PairKey {
+    PairKey {
+        saddr: addr16(src),
+        daddr: addr16(dst),
     }
 }
 
@@ -815,6 +1010,21 @@ mod tests {
         // The workload's own entries do not count against it.
         let own: Vec<(MeshKey, MeshVal)> = full.iter().map(|(k, _)| (*k, val(1))).collect();
         check_capacity("ns/a", 1, &one, &own).unwrap();
+    }
+
+    #[test]
+    fn generations_increase_and_the_newest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let agents = dir.path().join("agents");
+        let a = claim_generation(&agents).unwrap();
+        let b = claim_generation(&agents).unwrap();
+        assert!(b > a);
+        assert_eq!(newest_generation(&agents), b);
+        std::fs::remove_dir(agents.join(b.to_string())).unwrap();
+        assert_eq!(newest_generation(&agents), a);
+        // Foreign entries are ignored.
+        std::fs::create_dir(agents.join("tmp-x")).unwrap();
+        assert_eq!(claim_generation(&agents).unwrap(), a + 1);
     }
 
     #[test]

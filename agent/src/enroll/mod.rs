@@ -108,4 +108,7 @@ pub struct Inputs {
     /// (key → error), whenever that set changes, for a source that tells
     /// their owners (Kubernetes Events on the pods).
     pub enrolment_failures: Option<tokio::sync::mpsc::UnboundedSender<BTreeMap<String, String>>>,
+    /// Where the engine publishes what is enrolled (key → instance), for a
+    /// source that waits on it (the CNI socket answers once a pod is in).
+    pub enrolled: Option<tokio::sync::watch::Sender<BTreeMap<String, String>>>,
 }

@@ -119,6 +119,14 @@ impl<B: Backend> Enroller<B> {
         self.enrolled.keys().cloned().collect()
     }
 
+    /// Enrolled workloads: key → instance (a pod's uid).
+    pub fn enrolled_instances(&self) -> BTreeMap<String, String> {
+        self.enrolled
+            .iter()
+            .map(|(k, (spec, _))| (k.clone(), spec.instance.clone()))
+            .collect()
+    }
+
     fn resolve(&self, spec: &WorkloadSpec) -> WorkloadPolicy {
         self.policies.for_workload(
             &WorkloadRef {

@@ -66,7 +66,22 @@ pub fn sniff(prefix: &[u8]) -> Sniffed {
             Sniffed::NeedMore
         };
     }
-    match request_line(prefix) {
+    // Empty lines before a request line are skipped by HTTP servers (RFC
+    // 9112 §2.2; hyper, nginx and Envoy's parser all do), and lenient ones
+    // ignore whitespace before it (§3): taking either for another protocol
+    // would splice the request past every HTTP policy.
+    let blank = prefix
+        .iter()
+        .take_while(|c| matches!(c, b'\r' | b'\n') || is_ws(**c))
+        .count();
+    if blank == prefix.len() {
+        return if prefix.len() >= SNIFF_MAX {
+            Sniffed::Http1
+        } else {
+            Sniffed::NeedMore
+        };
+    }
+    match request_line(&prefix[blank..]) {
         Line::Complete => Sniffed::Http1,
         Line::Partial if prefix.len() >= SNIFF_MAX => Sniffed::Http1,
         Line::Partial => Sniffed::NeedMore,
@@ -82,9 +97,11 @@ enum Line {
 
 /// `method SP request-target SP HTTP-version CRLF` (RFC 9112 §3), checked as
 /// far as the bytes go. Looser than a parser on purpose: any target without
-/// spaces or line breaks, and any version starting `HTTP/`, count as HTTP, so
-/// a malformed request reaches the HTTP server (which rejects it) instead of
-/// being spliced to the app as opaque bytes.
+/// whitespace or line breaks, any version starting `HTTP/`, and any run of
+/// whitespace between the words (RFC 9112 §3 lets recipients split on SP,
+/// HTAB, VT or FF, and some do: Python's http.server) count as HTTP, so a
+/// malformed request reaches the HTTP server (which rejects it) instead of
+/// being spliced to an application that might accept it.
 fn request_line(b: &[u8]) -> Line {
     // method = token
     let method_len = b.iter().take_while(|c| is_tchar(**c)).count();
@@ -94,21 +111,21 @@ fn request_line(b: &[u8]) -> Line {
     let Some(&sep) = b.get(method_len) else {
         return Line::Partial;
     };
-    if sep != b' ' {
+    if !is_ws(sep) {
         return Line::Invalid;
     }
-    let rest = &b[method_len + 1..];
+    let rest = skip_ws(&b[method_len..]);
     let target_len = rest
         .iter()
-        .take_while(|c| !matches!(**c, b' ' | b'\r' | b'\n'))
+        .take_while(|c| !is_ws(**c) && !matches!(**c, b'\r' | b'\n'))
         .count();
     let Some(&sep) = rest.get(target_len) else {
         return Line::Partial;
     };
-    if target_len == 0 || sep != b' ' {
+    if target_len == 0 || !is_ws(sep) {
         return Line::Invalid;
     }
-    let version = &rest[target_len + 1..];
+    let version = skip_ws(&rest[target_len..]);
     const HTTP: &[u8] = b"HTTP/";
     let n = version.len().min(HTTP.len());
     if version[..n] != HTTP[..n] {
@@ -119,6 +136,17 @@ fn request_line(b: &[u8]) -> Line {
     } else {
         Line::Partial
     }
+}
+
+/// Whitespace a lenient recipient splits a request line on (RFC 9112 §3;
+/// bare CR too, but here CR only ends the line).
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | 0x0b | 0x0c)
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| is_ws(**c)).count();
+    &b[n..]
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -172,6 +200,56 @@ mod tests {
     }
 
     #[test]
+    fn empty_lines_before_a_request_line_are_http() {
+        for bytes in [
+            &b"\r\nGET / HTTP/1.1\r\n"[..],
+            b"\nGET / HTTP/1.1\r\n",
+            b"\r\n\r\n\nPOST /x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::Http1,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bytes in [&b"\r"[..], b"\r\n", b"\r\nGE", b"\n\nGET / HT"] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        assert_eq!(sniff(b"\r\n\x16\x03\x01"), Sniffed::Tcp);
+        // Whitespace other than one SP between the words, or before them.
+        for bytes in [
+            &b"GET\t/ HTTP/1.1\r\n"[..],
+            b"GET  /  HTTP/1.1\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"GET /\x0bHTTP/1.1\r\n",
+            b"\t\r\nGET\x0c/ HTTP/1.0\n",
+        ] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::Http1,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bytes in [&b"GET\t"[..], b"GET  /x  ", b" "] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // The HTTP/2 preface is only ever the very first bytes.
+        assert_eq!(sniff(&[b"\r\n", H2_PREFACE].concat()), Sniffed::Http1);
+    }
+
+    #[test]
     fn every_prefix_of_a_request_line_needs_more() {
         let line = b"GET /products/1?a=b HTTP/1.1\r\n";
         for n in 1..line.len() - 1 {
@@ -192,7 +270,7 @@ mod tests {
             b"\x4a\x00\x00\x01\x85\xa6",  // MySQL handshake response
             b"EHLO mail.example\r\n",     // SMTP
             b"*1\r\n$4\r\nPING\r\n",      // Redis
-            b"GET  / HTTP/1.1\r\n",       // empty target
+            b"GET \r\n / HTTP/1.1\r\n",   // empty target
             b"GET / http/1.1\r\n",        // no HTTP-version
             b"hello world\n",
         ] {

@@ -14,7 +14,8 @@ use super::policies::Problem;
 use crate::sources::jwks::FetchOutcome;
 
 pub struct PolicyEvents {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     reported: HashSet<(Option<String>, String)>,
     jwks: JwksFailures,
     /// Pod warnings per reason, reported once while they last.
@@ -41,7 +42,8 @@ impl PolicyEvents {
             instance: Some(format!("jwtgate-{node}")),
         };
         PolicyEvents {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
             reported: HashSet::new(),
             jwks: JwksFailures::default(),
             pods: BTreeMap::new(),
@@ -135,8 +137,14 @@ impl PolicyEvents {
 
     /// Off the sync path: a slow or refusing API server must not delay
     /// enforcement.
+    ///
+    /// A fresh `Recorder` each time: kube's recorder folds events that share
+    /// reason, action and object into one series and keeps the *first*
+    /// note, so a pod whose enrolment fails for a new reason would go on
+    /// showing the old one. Repeats are already filtered out above (each
+    /// problem is published once while it lasts), so nothing is lost.
     fn publish(&self, event: Event, reference: &ObjectReference) {
-        let recorder = self.recorder.clone();
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let reference = reference.clone();
         let name = describe(&reference);
         tokio::spawn(async move {

@@ -10,6 +10,7 @@
 //! within [`DEBOUNCE`]. While the API server is unreachable the stores, and
 //! so the published state, keep their last contents.
 
+pub mod cni;
 mod crds;
 mod events;
 pub mod pods;
@@ -91,8 +92,24 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
             changed.clone(),
             shutdown.clone(),
         ),
+        sandboxes: cni::Sandboxes::default(),
     };
     let (policies_tx, policies_rx) = chan::channel(Arc::new(PolicySet::default()));
+    let (enrolled_tx, enrolled_rx) = chan::channel(BTreeMap::new());
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(path) = &args.cni.socket {
+        let server = cni::CniServer {
+            sandboxes: sources.sandboxes.clone(),
+            changed: changed.clone(),
+            pods: sources.pods.store.clone(),
+            namespaces: sources.namespaces.store.clone(),
+            policies: policies_rx.clone(),
+            root_namespace: args.root_namespace.clone(),
+            enrolled: enrolled_rx,
+            synced: synced.clone(),
+        };
+        tokio::spawn(server.serve(path.clone(), shutdown.clone()));
+    }
     let (workloads_tx, workloads_rx) = chan::channel(None);
     let (jwks_tx, jwks_rx) = mpsc::unbounded_channel();
     let (enrolment_tx, enrolment_rx) = mpsc::unbounded_channel();
@@ -103,6 +120,7 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
         Outputs {
             policies: policies_tx,
             workloads: workloads_tx,
+            synced,
         },
         events,
         Reports {
@@ -116,15 +134,42 @@ pub async fn start(args: &AgentArgs, shutdown: chan::Receiver<bool>) -> anyhow::
         workloads: workloads_rx,
         jwks_outcomes: Some(jwks_tx),
         enrolment_failures: Some(enrolment_tx),
+        enrolled: Some(enrolled_tx),
     })
 }
 
-/// The four watched collections.
+/// Whether DaemonSet `namespace/name` is gone or being deleted.
+pub async fn daemonset_removed(
+    daemonset: &str,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    let (namespace, name) = daemonset
+        .split_once('/')
+        .context("expected namespace/name")?;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    let client = Client::try_from(config)?;
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client, namespace);
+    let ds = tokio::time::timeout(Duration::from_secs(5), api.get_opt(name))
+        .await
+        .context("the API server did not answer in 5 s")??;
+    Ok(ds.is_none_or(|ds| ds.metadata.deletion_timestamp.is_some()))
+}
+
+/// The four watched collections, and the sandboxes the CNI plugin
+/// registered.
 struct Sources {
     request_authns: PolicyKind,
     authz_policies: PolicyKind,
     pods: Watched<Pod>,
     namespaces: Watched<Namespace>,
+    sandboxes: cni::Sandboxes,
 }
 
 impl Sources {
@@ -150,7 +195,12 @@ impl Sources {
         let mut warnings = Vec::new();
         for pod in self.pods.store.state() {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            match pods::workload(&pod, opted_out.contains(&ns)) {
+            let sandbox = pod
+                .metadata
+                .uid
+                .as_deref()
+                .and_then(|uid| self.sandboxes.get(uid));
+            match pods::workload(&pod, opted_out.contains(&ns), sandbox.as_ref()) {
                 Ok(candidate) => {
                     if let Some(bad) = candidate.bad_annotation {
                         warnings.push(PodWarning {
@@ -209,6 +259,8 @@ fn pod_reference(pod: &Pod) -> k8s_openapi::api::core::v1::ObjectReference {
 struct Outputs {
     policies: chan::Sender<Arc<PolicySet>>,
     workloads: chan::Sender<Option<Vec<WorkloadSpec>>>,
+    /// Set once the first full view went out (the CNI socket waits for it).
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the engine reports back, for Events.
@@ -269,6 +321,15 @@ async fn sync(
             let _ = out.policies.send(Arc::new(set));
             last_docs = Some(docs);
         }
+        // Sandboxes of pods that are gone (their DEL never came) go too.
+        let live: std::collections::HashSet<String> = sources
+            .pods
+            .store
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        sources.sandboxes.retain(|uid| live.contains(uid));
         let (workloads, warnings) = sources.workloads();
         events.pod_warnings(BAD_PORT_ANNOTATION, &warnings);
         if last_workloads.as_ref() != Some(&workloads) {
@@ -276,5 +337,6 @@ async fn sync(
             let _ = out.workloads.send(Some(workloads.clone()));
             last_workloads = Some(workloads);
         }
+        out.synced.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

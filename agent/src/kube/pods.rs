@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Probe as K8sProbe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::cni::Sandbox;
 use crate::enroll::{NetnsRef, WorkloadSpec};
 use crate::inbound::ports::{self, BadAnnotation};
 use crate::inbound::protocol::declared_by_port_name;
@@ -54,8 +55,14 @@ pub fn namespace_opted_out(ns: &Namespace) -> bool {
         .is_some_and(|v| v == "false")
 }
 
-/// The workload for `pod`, or why there is none.
-pub fn workload(pod: &Pod, namespace_opted_out: bool) -> Result<Candidate, Skip> {
+/// The workload for `pod`, or why there is none. `sandbox`: the namespace
+/// the runtime handed over at CNI ADD, which then is the pod's namespace
+/// (and gives its addresses before the API server has them).
+pub fn workload(
+    pod: &Pod,
+    namespace_opted_out: bool,
+    sandbox: Option<&Sandbox>,
+) -> Result<Candidate, Skip> {
     let meta = &pod.metadata;
     let spec = pod.spec.clone().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
@@ -91,6 +98,9 @@ pub fn workload(pod: &Pod, namespace_opted_out: bool) -> Result<Candidate, Skip>
                 .and_then(|ip| ip.parse::<IpAddr>().ok()),
         );
     }
+    if ips.is_empty() {
+        ips.extend(sandbox.iter().flat_map(|s| s.ips.iter().copied()));
+    }
     ips.sort();
     ips.dedup();
     let Some(first) = ips.first().copied() else {
@@ -112,9 +122,12 @@ pub fn workload(pod: &Pod, namespace_opted_out: bool) -> Result<Candidate, Skip>
             key: format!("{namespace}/{name}"),
             namespace,
             labels,
-            netns: NetnsRef::Pod {
-                uid: uid.clone(),
-                ip: first,
+            netns: match sandbox {
+                Some(sandbox) => NetnsRef::Path(sandbox.netns.clone()),
+                None => NetnsRef::Pod {
+                    uid: uid.clone(),
+                    ip: first,
+                },
             },
             ips,
             ports,
@@ -228,7 +241,7 @@ mod tests {
 
     #[test]
     fn every_port_both_families_declared_protocols_and_probes() {
-        let c = workload(&pod(base()), false).unwrap();
+        let c = workload(&pod(base()), false, None).unwrap();
         let wl = c.spec;
         assert_eq!(c.bad_annotation, None);
         assert_eq!(wl.key, "foo/web");
@@ -276,7 +289,7 @@ mod tests {
     fn an_ipv6_only_pod_is_a_candidate() {
         let mut v = base();
         v["status"] = serde_json::json!({"podIP": "fd00::7", "podIPs": [{"ip": "fd00::7"}]});
-        let wl = workload(&pod(v), false).unwrap().spec;
+        let wl = workload(&pod(v), false, None).unwrap().spec;
         assert_eq!(wl.ips, ["fd00::7".parse::<IpAddr>().unwrap()]);
     }
 
@@ -285,12 +298,12 @@ mod tests {
         let mut v = base();
         v["metadata"]["annotations"] =
             serde_json::json!({JWTGATE_PORTS: "7000, 7001", "jwtgate.io/fail-open": "true"});
-        let wl = workload(&pod(v.clone()), false).unwrap().spec;
+        let wl = workload(&pod(v.clone()), false, None).unwrap().spec;
         assert_eq!(wl.ports, PortSelection::Only([7000, 7001].into()));
         assert_eq!(wl.fail_open, Some(true));
 
         v["metadata"]["annotations"] = serde_json::json!({ISTIO_EXCLUDE: "22"});
-        let wl = workload(&pod(v.clone()), false).unwrap().spec;
+        let wl = workload(&pod(v.clone()), false, None).unwrap().spec;
         assert_eq!(
             wl.ports,
             PortSelection::All {
@@ -300,11 +313,27 @@ mod tests {
 
         v["metadata"]["annotations"] =
             serde_json::json!({"traffic.sidecar.istio.io/includeInboundPorts": ""});
-        assert_eq!(workload(&pod(v.clone()), false), Err(Skip::CaptureDisabled));
+        assert_eq!(
+            workload(&pod(v.clone()), false, None),
+            Err(Skip::CaptureDisabled)
+        );
 
         v["metadata"]["annotations"] = serde_json::json!({"jwtgate.io/inject": "false"});
-        assert_eq!(workload(&pod(v), false), Err(Skip::OptedOut));
-        assert_eq!(workload(&pod(base()), true), Err(Skip::OptedOut));
+        assert_eq!(workload(&pod(v), false, None), Err(Skip::OptedOut));
+        assert_eq!(workload(&pod(base()), true, None), Err(Skip::OptedOut));
+    }
+
+    #[test]
+    fn a_cni_sandbox_names_the_namespace_and_gives_the_addresses() {
+        let mut v = base();
+        v["status"] = serde_json::json!({"phase": "Pending"});
+        let sandbox = Sandbox {
+            netns: "/var/run/netns/cni-1".into(),
+            ips: vec!["10.1.2.9".parse().unwrap()],
+        };
+        let wl = workload(&pod(v), false, Some(&sandbox)).unwrap().spec;
+        assert_eq!(wl.netns, NetnsRef::Path("/var/run/netns/cni-1".into()));
+        assert_eq!(wl.ips, sandbox.ips);
     }
 
     #[test]
@@ -312,7 +341,7 @@ mod tests {
         let mut v = base();
         v["metadata"]["annotations"] =
             serde_json::json!({ISTIO_EXCLUDE: "22,ssh", JWTGATE_PORTS: "80"});
-        let c = workload(&pod(v), false).unwrap();
+        let c = workload(&pod(v), false, None).unwrap();
         assert_eq!(c.spec.ports, PortSelection::all());
         let bad = c.bad_annotation.expect("reported");
         assert_eq!(bad.annotation, ISTIO_EXCLUDE);
@@ -322,12 +351,12 @@ mod tests {
     fn pods_that_cannot_be_steered_are_skipped() {
         let mut v = base();
         v["spec"]["hostNetwork"] = true.into();
-        assert_eq!(workload(&pod(v), false), Err(Skip::HostNetwork));
+        assert_eq!(workload(&pod(v), false, None), Err(Skip::HostNetwork));
         let mut v = base();
         v["status"] = serde_json::json!({"phase": "Pending"});
-        assert_eq!(workload(&pod(v), false), Err(Skip::NoIp));
+        assert_eq!(workload(&pod(v), false, None), Err(Skip::NoIp));
         let mut v = base();
         v["status"]["phase"] = "Succeeded".into();
-        assert_eq!(workload(&pod(v), false), Err(Skip::Finished));
+        assert_eq!(workload(&pod(v), false, None), Err(Skip::Finished));
     }
 }

@@ -28,8 +28,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::conn_io::{Activity, ConnIo, Phase};
+use super::conn_io::{Activity, ConnIo, InFlight, Phase};
 use super::request::{self, ConnContext, ProxyBody};
+use super::upgrade;
 /// Envoy's default limit on a request head (`max_request_headers_kb: 60`).
 const MAX_HEAD_BYTES: usize = 60 * 1024;
 
@@ -55,6 +56,10 @@ impl Default for Timeouts {
     }
 }
 
+/// Concurrent HTTP/2 streams one connection may hold: Envoy's recommended
+/// edge value (its default, 2^31, lets one connection hold any number).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// Why the watchdog ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
@@ -68,9 +73,8 @@ async fn watchdog(activity: &Activity, t: Timeouts) -> Expired {
     loop {
         let (deadline, why) = match (activity.phase(), activity.head_started()) {
             (Phase::AwaitingHead, Some(started)) => (started + t.header_read, Expired::HeaderRead),
-            (Phase::AwaitingHead, None) | (Phase::Upgraded, _) => {
-                (activity.last_io() + t.idle, Expired::Idle)
-            }
+            (Phase::AwaitingHead, None) => (activity.idle_since() + t.idle, Expired::Idle),
+            (Phase::Upgraded, _) => (activity.last_io() + t.idle, Expired::Idle),
             (Phase::InRequest, _) => (activity.last_io() + t.stream_idle, Expired::StreamIdle),
         };
         if Instant::now() >= deadline {
@@ -101,7 +105,11 @@ pub async fn serve_http1(
         .timer(TokioTimer::new())
         // hyper answers 431 itself past this; below it the request shape
         // decides with Envoy's exact 60 KiB. Bounds the memory a head can take.
-        .max_buf_size(MAX_HEAD_BYTES + 8 * 1024);
+        .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
+        // Checked on the complete head too: the buffer bound alone is only
+        // checked while a head is incomplete, so one read could bring in a
+        // head up to twice its size.
+        .max_header_size(MAX_HEAD_BYTES);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -116,6 +124,7 @@ pub async fn serve_http2(
     ctx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
 ) {
+    ctx.activity.set_multiplexed();
     let io = ConnIo::new(prefix, stream.clone(), ctx.activity.clone());
     let service = Svc(ctx.clone());
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -123,7 +132,7 @@ pub async fn serve_http2(
         .timer(TokioTimer::new())
         .max_header_list_size((MAX_HEAD_BYTES + 8 * 1024) as u32)
         // A bound on the streams one connection can hold open at once.
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     drive(conn, &stream, &ctx, shutdown).await;
 }
@@ -138,7 +147,8 @@ async fn drive<C>(
     C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
 {
     let timeouts = ctx.shared.timeouts;
-    tokio::pin!(conn);
+    // Boxed so it can be dropped before an upgraded pipe is waited for.
+    let mut conn = Box::pin(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         why = watchdog(&ctx.activity, timeouts) => {
@@ -170,6 +180,22 @@ async fn drive<C>(
     };
     if let Err(err) = result {
         debug!(peer = %ctx.peer, %err, "connection ended with an error");
+    }
+    drop(conn);
+    if ctx.activity.phase() == Phase::Upgraded {
+        // hyper is done, but the connection lives on as a pipe
+        // (`request::pipe_upgraded`): it keeps its place under the caps and
+        // its idle timeout until the pipe lets go of it.
+        tokio::select! {
+            _ = ctx.activity.io_gone() => {}
+            _ = watchdog(&ctx.activity, timeouts) => {
+                debug!(peer = %ctx.peer, "upgraded connection idle: closed");
+                ctx.workload.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                // Both directions end: the pipe sees EOF and errors, and
+                // the client learns the connection is gone.
+                let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -208,41 +234,71 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let ctx = self.0.clone();
         Box::pin(async move {
-            ctx.activity.set_phase(Phase::InRequest);
-            let resp = request::handle(req, &ctx).await;
-            let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            if upgraded {
-                ctx.activity.set_phase(Phase::Upgraded);
+            // A node-wide bound on requests in progress (each holds buffers
+            // and an upstream stream): over it, Envoy's overload answer.
+            let Some(permit) = ctx.shared.limits.start_request() else {
+                return Ok(overloaded().map(|body| PhaseBody {
+                    inner: body,
+                    in_flight: None,
+                    _permit: None,
+                }));
+            };
+            let in_flight = ctx.activity.request_started();
+            if let Some(refused) = upgrade::screen(&mut req) {
+                ctx.workload
+                    .stats
+                    .denied_authz
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(refused.map(|body| PhaseBody {
+                    inner: body,
+                    in_flight: Some(in_flight),
+                    _permit: Some(permit),
+                }));
             }
+            let resp = request::handle(req, &ctx).await;
+            let in_flight = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.into_upgraded();
+                None
+            } else {
+                Some(in_flight)
+            };
             Ok(resp.map(|body| PhaseBody {
                 inner: body,
-                activity: (!upgraded).then(|| ctx.activity.clone()),
+                in_flight,
+                _permit: Some(permit),
             }))
         })
     }
 }
 
 /// A response body that tells the watchdog when the response is done (the
-/// connection is then between requests again).
+/// request then no longer counts as in progress).
 pub struct PhaseBody {
     inner: ProxyBody,
-    activity: Option<Arc<Activity>>,
+    in_flight: Option<InFlight>,
+    /// The request's place under `--max-requests`, given back with the body.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Envoy's overload manager reply.
+fn overloaded() -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(http_body_util::Either::Left(http_body_util::Full::new(
+        Bytes::from_static(b"envoy overloaded"),
+    )));
+    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp
 }
 
 impl PhaseBody {
     fn finish(&mut self) {
-        if let Some(activity) = self.activity.take() {
-            activity.set_phase(Phase::AwaitingHead);
-        }
-    }
-}
-
-impl Drop for PhaseBody {
-    fn drop(&mut self) {
-        self.finish();
+        self.in_flight.take();
     }
 }
 

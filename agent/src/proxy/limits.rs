@@ -21,6 +21,11 @@ pub struct ConnectionLimits {
     /// Connections refused because the node (resp. the source) was at its cap.
     pub refused_node: AtomicU64,
     pub refused_source: AtomicU64,
+    /// Requests (HTTP/1 requests, HTTP/2 streams) in progress, node-wide.
+    requests: Arc<tokio::sync::Semaphore>,
+    requests_max: usize,
+    /// Requests answered 503 because `requests_max` were in progress.
+    pub refused_requests: AtomicU64,
 }
 
 /// An admitted connection; gives its place back when dropped.
@@ -31,7 +36,11 @@ pub struct Admitted {
 }
 
 impl ConnectionLimits {
-    pub fn new(node_max: usize, per_source_max: usize) -> Arc<ConnectionLimits> {
+    pub fn new(
+        node_max: usize,
+        per_source_max: usize,
+        requests_max: usize,
+    ) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
             node_max,
             per_source_max,
@@ -39,7 +48,27 @@ impl ConnectionLimits {
             per_source: Mutex::new(HashMap::new()),
             refused_node: AtomicU64::new(0),
             refused_source: AtomicU64::new(0),
+            requests: Arc::new(tokio::sync::Semaphore::new(requests_max)),
+            requests_max,
+            refused_requests: AtomicU64::new(0),
         })
+    }
+
+    /// A place for one more request in progress, or `None` at the cap.
+    pub fn start_request(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.requests.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refused_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
+    pub fn requests_max(&self) -> usize {
+        self.requests_max
+    }
+
+    pub fn requests_in_progress(&self) -> usize {
+        self.requests_max - self.requests.available_permits()
     }
 
     /// A place for one more connection from `source`, or `None` when the
@@ -103,7 +132,7 @@ mod tests {
 
     #[test]
     fn caps_per_source_and_per_node_and_gives_places_back() {
-        let limits = ConnectionLimits::new(3, 2);
+        let limits = ConnectionLimits::new(3, 2, 10);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a1 = limits.admit(a).unwrap();
@@ -120,8 +149,20 @@ mod tests {
     }
 
     #[test]
+    fn requests_in_progress_are_capped() {
+        let limits = ConnectionLimits::new(10, 10, 2);
+        let a = limits.start_request().unwrap();
+        let _b = limits.start_request().unwrap();
+        assert!(limits.start_request().is_none());
+        assert_eq!(limits.refused_requests.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(limits.requests_in_progress(), 1);
+        assert!(limits.start_request().is_some());
+    }
+
+    #[test]
     fn the_source_table_empties() {
-        let limits = ConnectionLimits::new(10, 10);
+        let limits = ConnectionLimits::new(10, 10, 10);
         let places: Vec<_> = (0..5)
             .map(|i| limits.admit(IpAddr::from([10, 0, 0, i])).unwrap())
             .collect();

@@ -21,9 +21,10 @@ mod probe_sources;
 mod request;
 mod sniff;
 mod tcp;
+mod upgrade;
 mod upstream;
 
-pub use bans::BanTracker;
+pub use bans::{BanConfig, BanRequest, BanScope, BanStats, BanTracker, BAN_QUEUE};
 pub use http::Timeouts;
 pub use limits::ConnectionLimits;
 pub use probe_sources::ProbeSources;
@@ -34,8 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::authz::PathNormalization;
@@ -51,9 +53,9 @@ pub struct Shared {
     /// The node's verified-token cache, one for every workload.
     pub token_cache: Arc<TokenCache>,
     pub normalization: PathNormalization,
+    /// Counts 401s per source and workload; hands bans to the task that
+    /// writes the kernel maps.
     pub bans: BanTracker,
-    /// Sources to ban in the kernel; the datapath task applies them.
-    pub ban_requests: mpsc::UnboundedSender<IpAddr>,
     /// How long to wait for a client's first bytes on a port without a
     /// declared protocol before taking the connection for a server-first
     /// TCP protocol; `None` waits for ever (Istio's default).
@@ -61,6 +63,8 @@ pub struct Shared {
     /// The node's addresses, where kubelet probes come from.
     pub probe_sources: ProbeSources,
     pub timeouts: Timeouts,
+    /// Serve HTTP/1.0 instead of answering 426 (Istio's `PILOT_HTTP10`).
+    pub accept_http_10: bool,
     /// Open downstream connections, capped node-wide and per source.
     pub limits: Arc<ConnectionLimits>,
 }
@@ -84,6 +88,9 @@ pub struct WorkloadStats {
     /// TCP connections closed because their first bytes, sent after the
     /// protocol detection gave up waiting, were an HTTP request.
     pub late_http_closed: AtomicU64,
+    /// Requests Envoy's codec or connection manager would refuse (400, 404,
+    /// 426, 431), answered before any policy.
+    pub refused_shape: AtomicU64,
     /// Request heads not complete within the header-read timeout (408).
     pub header_timeouts: AtomicU64,
     /// Connections closed for idleness (keep-alive or stream).
@@ -127,27 +134,27 @@ pub async fn serve(
 ) {
     let span = tracing::info_span!("proxy", wl = %workload.key);
     async move {
+        let accept = |stream: TcpStream, peer: SocketAddr, shutdown: &watch::Receiver<bool>| {
+            // The caps come before any other work: over them a connection
+            // costs one RST.
+            let Some(admitted) = shared.limits.admit(peer.ip().to_canonical()) else {
+                reset(stream);
+                return;
+            };
+            workload.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let (workload, shared) = (workload.clone(), shared.clone());
+            let shutdown = shutdown.clone();
+            let guard = drain.clone();
+            tokio::spawn(async move {
+                handle(stream, peer, workload, shared, shutdown).await;
+                drop(admitted);
+                drop(guard);
+            });
+        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // The caps come before any other work: over them
-                        // a connection costs one RST.
-                        let Some(admitted) = shared.limits.admit(peer.ip().to_canonical()) else {
-                            reset(stream);
-                            continue;
-                        };
-                        workload.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        let workload = workload.clone();
-                        let shared = shared.clone();
-                        let shutdown = shutdown.clone();
-                        let guard = drain.clone();
-                        tokio::spawn(async move {
-                            handle(stream, peer, workload, shared, shutdown).await;
-                            drop(admitted);
-                            drop(guard);
-                        });
-                    }
+                    Ok((stream, peer)) => accept(stream, peer, &shutdown),
                     Err(err) => {
                         // EMFILE and friends: back off instead of spinning.
                         warn!(%err, "accept failed");
@@ -156,6 +163,12 @@ pub async fn serve(
                 },
                 _ = shutdown.changed() => break,
             }
+        }
+        // Connections the kernel already queued on this listener (in a
+        // hand-over, those that arrived before the newer agent's listener
+        // replaced ours) are served, not reset by closing it.
+        while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+            accept(stream, peer, &shutdown);
         }
         info!("listener closed");
     }

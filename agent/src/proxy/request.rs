@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::{upstream, Inbound, Shared, Workload};
+use crate::authz::request_shape::{self, head_size, LocalReply, RequestHead, ShapeOptions};
 use crate::authz::{self, Decision, HeaderEdits};
 use crate::inbound::probes::is_probe_request;
 use crate::policy::WorkloadPolicy;
@@ -61,15 +62,28 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
 }
 
 async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    // What Envoy's codec and connection manager refuse, before any filter;
+    // and the authority and path every later step sees.
+    let (authority, target) = match admit(&req, ctx.shared.accept_http_10) {
+        Ok(admitted) => admitted,
+        Err(reply) => {
+            ctx.workload
+                .stats
+                .refused_shape
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %ctx.peer, status = reply.status, details = reply.details, "request refused before any filter");
+            return shape_reply(&reply, req.method() == http::Method::HEAD);
+        }
+    };
     let policy = ctx.workload.policy.borrow().clone();
-    if let Some(decision) = declared_probe(&req, ctx, &policy) {
+    if let Some(decision) = declared_probe(&req, &target, ctx, &policy) {
         ctx.workload
             .stats
             .probes_passed
             .fetch_add(1, Ordering::Relaxed);
-        return forward(req, &decision, ctx).await;
+        return forward(req, &decision, &authority, ctx).await;
     }
-    let view = authz_request(&req, ctx);
+    let view = authz_request(&req, ctx, authority.clone(), target);
     let decide = || {
         authz::evaluate(
             &policy,
@@ -98,16 +112,81 @@ async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Respons
     if !decision.allowed {
         if decision.status == 401 {
             stats.denied_authn.fetch_add(1, Ordering::Relaxed);
-            if ctx.shared.bans.record_failure(ctx.peer.ip()) {
-                let _ = ctx.shared.ban_requests.send(ctx.peer.ip());
-            }
+            ctx.shared
+                .bans
+                .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
         } else {
             stats.denied_authz.fetch_add(1, Ordering::Relaxed);
         }
         return local_reply(&decision, req.method() == http::Method::HEAD, is_grpc(&req));
     }
     stats.allowed.fetch_add(1, Ordering::Relaxed);
-    forward(req, &decision, ctx).await
+    forward(req, &decision, &authority, ctx).await
+}
+
+/// `authz::request_shape::admit` on a hyper request: `(authority,
+/// origin-form target)`, or Envoy's local reply.
+fn admit(req: &Request<Incoming>, accept_http_10: bool) -> Result<(String, String), LocalReply> {
+    let h2 = req.version() == http::Version::HTTP_2;
+    let mut hosts: Vec<&[u8]> = req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let target = if h2 {
+        // `:authority` is the host of an HTTP/2 request when it has one.
+        if let Some(a) = req.uri().authority() {
+            hosts = vec![a.as_str().as_bytes()];
+        }
+        req.uri()
+            .path_and_query()
+            .map_or(String::new(), |p| p.as_str().to_string())
+    } else {
+        // As on the request line: origin-form, absolute-form or `*`.
+        req.uri().to_string()
+    };
+    let head_bytes = head_size(
+        req.method().as_str(),
+        &target,
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
+    let head = RequestHead {
+        method: req.method().as_str(),
+        version: req.version(),
+        target: &target,
+        hosts: &hosts,
+        head_bytes,
+        header_count: req.headers().len(),
+    };
+    let admitted = request_shape::admit(&head, ShapeOptions { accept_http_10 })?;
+    Ok((admitted.authority.into_owned(), admitted.target.to_string()))
+}
+
+/// Envoy's reply to a request its codec or connection manager refuses: the
+/// status text as a plain-text body, or no body (and no content type).
+fn shape_reply(reply: &LocalReply, head: bool) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = if head { "" } else { reply.body };
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    if !reply.body.is_empty() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(reply.body.len()),
+    );
+    if reply.close {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// A kubelet probe the pod declares, sent from a probe source: it passes
@@ -115,10 +194,10 @@ async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Respons
 /// would have set (nobody may smuggle a claim header along with it).
 fn declared_probe(
     req: &Request<Incoming>,
+    target: &str,
     ctx: &ConnContext,
     policy: &WorkloadPolicy,
 ) -> Option<Decision> {
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if !ctx.shared.probe_sources.contains(ctx.peer.ip())
         || !is_probe_request(
             &ctx.inbound.probes,
@@ -160,11 +239,12 @@ fn declared_probe(
 async fn forward(
     req: Request<Incoming>,
     decision: &Decision,
+    authority: &str,
     ctx: &ConnContext,
 ) -> Response<ProxyBody> {
     let stats = &ctx.workload.stats;
     let upgrade = upgrade_protocol(&req);
-    let mut forwarded = match prepare_forward(req, decision, ctx, upgrade.as_ref()) {
+    let mut forwarded = match prepare_forward(req, decision, authority, ctx, upgrade.as_ref()) {
         Ok(req) => req,
         Err(err) => {
             debug!(%err, "cannot rewrite the request");
@@ -239,19 +319,14 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
 }
 
 /// The request as the pure engine sees it.
-fn authz_request(req: &Request<Incoming>, ctx: &ConnContext) -> authz::Request {
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+/// The request as the pure engine sees it: the authority and origin-form
+/// target the request shape settled.
+fn authz_request(
+    req: &Request<Incoming>,
+    ctx: &ConnContext,
+    host: String,
+    path: String,
+) -> authz::Request {
     let headers = req
         .headers()
         .iter()
@@ -289,27 +364,21 @@ const HOP_BY_HOP: [&str; 8] = [
 fn prepare_forward(
     mut req: Request<Incoming>,
     decision: &Decision,
+    authority: &str,
     ctx: &ConnContext,
     upgrade: Option<&HeaderValue>,
 ) -> anyhow::Result<Request<Incoming>> {
-    *req.uri_mut() = if req.version() == http::Version::HTTP_2 {
+    if req.version() == http::Version::HTTP_2 {
         // An HTTP/2 request carries scheme and authority (`:scheme`,
         // `:authority`) next to the path.
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| ctx.original_dst.to_string());
-        format!("http://{authority}{}", decision.forward_path).parse()?
+        *req.uri_mut() = format!("http://{authority}{}", decision.forward_path).parse()?;
     } else {
-        decision.forward_path.parse()?
-    };
+        // Origin-form, and the authority policies matched as Host (an
+        // absolute-form target's authority replaces the Host line).
+        *req.uri_mut() = decision.forward_path.parse()?;
+        req.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_str(authority)?);
+    }
     let headers = req.headers_mut();
     let te_trailers = headers
         .get_all(http::header::TE)
@@ -322,6 +391,10 @@ fn prepare_forward(
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
+        // `Connection: host` (or a framing header) is no hop-by-hop header
+        // a client may have removed: the app would get a request without
+        // the Host the policies matched.
+        .filter(|v| !matches!(v.as_str(), "host" | "content-length" | "transfer-encoding"))
         .collect();
     for name in HOP_BY_HOP
         .iter()
@@ -376,8 +449,11 @@ fn local_reply(decision: &Decision, head: bool, grpc: bool) -> Response<ProxyBod
     };
     let mut resp = Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain")
         .header(http::header::CONTENT_LENGTH, decision.body.len());
+    if !decision.body.is_empty() {
+        // Envoy sends no content type with an empty local reply.
+        resp = resp.header(http::header::CONTENT_TYPE, "text/plain");
+    }
     if let Some(value) = decision
         .www_authenticate
         .as_deref()

@@ -11,6 +11,7 @@
 //! writes them to the application first.
 
 use std::io;
+use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -49,12 +50,14 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             late: false,
         });
     }
-    // An HTTP client speaks first: on a declared HTTP port there is nothing
-    // to time out for (the HTTP server's own timeouts apply).
-    let deadline = match declared {
+    let started = Instant::now();
+    let timeouts = ctx.shared.timeouts;
+    // Undeclared port with a detection timeout: TCP once it passes.
+    let detect_until = match declared {
         Some(_) => None,
-        None => ctx.shared.sniff_timeout.map(|t| Instant::now() + t),
+        None => ctx.shared.sniff_timeout.map(|t| started + t),
     };
+    let mut first_byte: Option<Instant> = None;
     let mut buf = Vec::with_capacity(1024);
     loop {
         match sniff(&buf) {
@@ -75,25 +78,44 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
         }
         let room = SNIFF_MAX - buf.len();
         let mut chunk = vec![0u8; room.min(4096)];
-        let read = match deadline {
-            None => stream.read(&mut chunk).await,
-            Some(deadline) => {
-                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                    Ok(read) => read,
-                    // Nothing yet (a server-first protocol), or bytes that
-                    // are still neither (a short client-first message):
-                    // TCP, as Envoy falls back on its listener-filter
-                    // timeout, but watched until its first bytes can be
-                    // classified (`tcp`).
-                    Err(_) => {
-                        return Ok(Classified::Tcp {
-                            stream,
-                            first: buf,
-                            late: true,
-                        })
-                    }
-                }
+        // Where no detection timeout decides, wait as an HTTP server
+        // would (an HTTP client speaks first): for a first byte up to the
+        // idle timeout, for the rest of a request line up to the
+        // header-read timeout from its first byte. Without this a client
+        // could hold the connection for ever by sending nothing, or a
+        // few bytes of a request line.
+        let http_until = match first_byte {
+            None => started + timeouts.idle,
+            Some(first) => first + timeouts.header_read,
+        };
+        let deadline = detect_until.map_or(http_until, |d| d.min(http_until));
+        let read = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(read) => read,
+            // Nothing yet (a server-first protocol), or bytes that are
+            // still neither (a short client-first message): TCP, as Envoy
+            // falls back on its listener-filter timeout, but watched until
+            // its first bytes can be classified (`tcp`).
+            Err(_) if detect_until.is_some_and(|d| d <= http_until) => {
+                return Ok(Classified::Tcp {
+                    stream,
+                    first: buf,
+                    late: true,
+                })
             }
+            Err(_) if buf.is_empty() => {
+                ctx.workload
+                    .stats
+                    .idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no bytes before the idle timeout",
+                ));
+            }
+            // Part of a request line, its time up: the HTTP server's
+            // watchdog answers 408 at once (the head started at
+            // `first_byte`).
+            Err(_) => return Ok(Classified::Http1 { stream, first: buf }),
         };
         match read? {
             0 if buf.is_empty() => {
@@ -104,7 +126,13 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             }
             // Half-closed in the middle of something that looked like HTTP.
             0 => return Ok(Classified::Http1 { stream, first: buf }),
-            n => buf.extend_from_slice(&chunk[..n]),
+            n => {
+                buf.extend_from_slice(&chunk[..n]);
+                if first_byte.is_none() {
+                    first_byte = Some(Instant::now());
+                    ctx.activity.head_bytes_read();
+                }
+            }
         }
     }
 }

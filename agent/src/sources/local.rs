@@ -76,6 +76,7 @@ impl Local {
             jwks_outcomes: None,
             // Likewise enrolment failures: the engine logs them.
             enrolment_failures: None,
+            enrolled: None,
         }
     }
 }

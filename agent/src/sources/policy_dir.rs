@@ -34,6 +34,9 @@ pub struct Loaded {
     /// Problems found (each names file, resource and field), then one line
     /// per resource or file kept at its last good version.
     pub errors: Vec<String>,
+    /// The files of this load that could not be used at all (not valid
+    /// YAML, unreadable): `jwtgate check` refuses to decide without them.
+    pub unusable_files: Vec<PolicyError>,
 }
 
 impl PolicyDir {
@@ -78,9 +81,16 @@ impl PolicyDir {
         let mut errors: Vec<String> = update.errors.iter().map(PolicyError::to_string).collect();
         errors.extend(update.kept.iter().map(ToString::to_string));
         self.stamps = stamps;
+        let unusable_files = update
+            .errors
+            .iter()
+            .filter(|p| p.whole_file)
+            .cloned()
+            .collect();
         Ok(Loaded {
             set: update.set,
             errors,
+            unusable_files,
         })
     }
 
