@@ -19,7 +19,8 @@ use crate::jwt::TokenCache;
 use crate::metrics::Registry;
 use crate::netns::Finder;
 use crate::proxy::{
-    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, BAN_QUEUE,
+    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, Workers,
+    BAN_QUEUE,
 };
 use crate::sources::jwks::JwksStore;
 
@@ -161,8 +162,16 @@ async fn run_engine(
             args.max_connections_per_source,
             args.max_requests,
         ),
+        workers: Workers::start(
+            args.proxy_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        )?,
     });
     crate::metrics::set_connection_limits(shared.limits.clone());
+    info!(
+        threads = shared.workers.threads(),
+        "proxied connections are served on their own threads (--proxy-threads)"
+    );
 
     let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());

@@ -36,6 +36,8 @@ pub struct BedConfig {
     pub hop_threads: usize,
     pub app_workers: usize,
     pub body_bytes: usize,
+    /// Flags added to every agent's command line.
+    pub agent_args: Vec<String>,
 }
 
 pub struct LoadBed {
@@ -47,6 +49,7 @@ pub struct LoadBed {
     pub attacker: Client,
     attack_hosts: Vec<Ipv4Addr>,
     agents_started: u32,
+    agent_args: Vec<String>,
     hop_log: PathBuf,
 }
 
@@ -74,6 +77,7 @@ impl LoadBed {
             attacker,
             attack_hosts,
             agents_started: 0,
+            agent_args: cfg.agent_args.clone(),
             hop_log,
         };
         bed.start_hop(cfg)?;
@@ -126,7 +130,13 @@ impl LoadBed {
     fn spawn_agent(&mut self) -> Result<Agent> {
         let files = self.files(self.agents_started);
         self.agents_started += 1;
-        Agent::start(&files, &AgentOptions::default())
+        Agent::start(
+            &files,
+            &AgentOptions {
+                extra_args: self.agent_args.clone(),
+                ..AgentOptions::default()
+            },
+        )
     }
 
     /// Starts the agent; the bed must have none.

@@ -117,6 +117,10 @@ pub struct LoadtestArgs {
     /// (cpuidle-haltpoll guests; restored afterwards).
     #[arg(long, value_name = "NS")]
     pub idle_poll_ns: Option<u64>,
+    /// A flag for the agent's command line (repeat for several), e.g.
+    /// `--agent-arg=--proxy-threads=0` to compare runtime set-ups.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
     /// Do not build; use target/release/{jwtgate,jwtgate-barehop} as they are.
     #[arg(long)]
     pub no_build: bool,
@@ -153,6 +157,7 @@ pub fn run(args: &LoadtestArgs) -> Result<()> {
         hop_threads: args.hop_threads,
         app_workers: args.app_workers,
         body_bytes: args.body_bytes,
+        agent_args: args.agent_args.clone(),
     })?;
     let result = run_phases(&mut bed, args, &scripts, &mut log);
     let teardown = bed.teardown();
