@@ -42,17 +42,33 @@ impl Workers {
     pub fn start(threads: usize) -> anyhow::Result<Arc<Workers>> {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start a proxy worker runtime")?;
-            handles.push(runtime.handle().clone());
+            // The runtime is built on its own thread and never leaves it: a
+            // runtime dropped inside the agent's async context would panic.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("jwtgate-proxy-{i}"))
-                // Runs the tasks spawned through its handle until the
-                // process exits.
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(runtime) => {
+                            let _ = tx.send(Ok(runtime.handle().clone()));
+                            // Runs the tasks spawned through its handle
+                            // until the process exits.
+                            runtime.block_on(std::future::pending::<()>())
+                        }
+                        Err(err) => {
+                            let _ = tx.send(Err(err));
+                        }
+                    }
+                })
                 .context("cannot start a proxy worker thread")?;
+            let handle = rx
+                .recv()
+                .context("a proxy worker thread ended at once")?
+                .context("cannot start a proxy worker runtime")?;
+            handles.push(handle);
         }
         Ok(Arc::new(Workers {
             handles,
