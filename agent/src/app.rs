@@ -23,7 +23,7 @@ use crate::metrics::{KernelReport, Metrics};
 use crate::netns::Finder;
 use crate::policy::PolicySet;
 use crate::proxy::{
-    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, BAN_QUEUE,
+    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Workers, BAN_QUEUE,
 };
 use crate::sources::jwks::JwksStore;
 
@@ -233,7 +233,16 @@ async fn run_engine(
         accept_http_10: config.accept_http10,
         limits,
         access_log: access_log.clone(),
+        workers: Workers::start(
+            config
+                .proxy_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        )?,
     });
+    info!(
+        threads = shared.workers.threads(),
+        "proxied connections are served on their own threads (--proxy-threads)"
+    );
 
     let mut policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());

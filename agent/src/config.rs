@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub max_requests_per_source: usize,
     pub timeouts: Timeouts,
     pub accept_http10: bool,
+    /// Threads serving proxied connections; `None`: one per CPU, 0: the
+    /// agent's shared runtime.
+    pub proxy_threads: Option<usize>,
     /// How long open connections may take to finish after SIGTERM.
     pub drain: Duration,
     pub log_format: LogFormat,

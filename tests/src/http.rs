@@ -219,6 +219,23 @@ pub fn get_in(
     conn.get(path, token)
 }
 
+/// Writes a request already rendered (`raw`) on a keep-alive connection and
+/// reads the response; returns its status and whether the connection stays
+/// open. For load clients, which build their request once.
+pub(crate) fn exchange_raw(conn: &mut BufReader<TcpStream>, raw: &[u8]) -> io::Result<(u16, bool)> {
+    conn.get_mut().write_all(raw)?;
+    let (status_line, headers) = read_head(conn)?;
+    read_body(conn, &headers, false)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let close =
+        find_header(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Ok((status, !close))
+}
+
 pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()

@@ -8,18 +8,23 @@
 pub mod agent;
 pub mod apiserver;
 pub mod app;
+pub mod attack;
 pub mod faq;
 pub mod http;
 pub mod interrupt;
 pub mod jwks_server;
 pub mod kube_bed;
 pub mod netns;
+pub mod nginx_app;
 pub mod node;
 pub mod process;
+pub mod procstat;
 pub mod raw_app;
 pub mod raw_client;
 pub mod sandbox;
+pub mod steady_load;
 pub mod tcp_app;
+pub mod tokens;
 pub mod topology;
 
 use std::path::{Path, PathBuf};

@@ -47,6 +47,9 @@ pub struct PodSpec {
     /// `probes` in workloads.yaml: (port, Some(path)) for HTTP, (port, None)
     /// for TCP.
     pub probes: Vec<(u16, Option<String>)>,
+    /// The caller serves the ports itself (nginx for load tests): no echo
+    /// app is started.
+    pub own_app: bool,
 }
 
 /// Which address families a pod has.
@@ -74,7 +77,13 @@ impl PodSpec {
             exclude_ports: Vec::new(),
             protocols: Vec::new(),
             probes: Vec::new(),
+            own_app: false,
         }
+    }
+    /// The caller serves the pod's ports (see [`PodSpec::own_app`]).
+    pub fn own_app(mut self) -> Self {
+        self.own_app = true;
+        self
     }
     pub fn family(mut self, family: Family) -> Self {
         self.family = family;
@@ -334,12 +343,15 @@ impl TestNode {
     /// Adds a pod netns with its echo app listening on all its ports.
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<PodHandle> {
         let (ns, ip, ip6) = self.attach(&spec.name, spec.family)?;
-        let ports: Vec<u16> = spec
-            .mesh_ports
-            .iter()
-            .chain(&spec.plain_ports)
-            .copied()
-            .collect();
+        let ports: Vec<u16> = if spec.own_app {
+            Vec::new()
+        } else {
+            spec.mesh_ports
+                .iter()
+                .chain(&spec.plain_ports)
+                .copied()
+                .collect()
+        };
         let app = EchoApp::start(&ns.path(), &spec.name, &ports)?;
         let handle = PodHandle {
             ip6: (spec.family != Family::V4).then_some(ip6),

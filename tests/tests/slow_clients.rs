@@ -148,6 +148,28 @@ fn partial_request_line_and_silence_on_a_declared_port_are_cut_off() -> Result<(
     Ok(())
 }
 
+/// The idle timeout is the agent's (`--idle-timeout-secs`, 1 h by default),
+/// not hyper's: hyper's own header-read timeout (30 s once a timer is set)
+/// also ran between keep-alive requests and closed connections idle for
+/// 30 s. The proxy turns it off; this holds it off. Takes 32 s.
+#[test]
+fn keep_alive_connection_idle_past_30_seconds_is_still_served() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build("slow-idle30")?;
+    start_agent(&mut bed, &[])?;
+    let mut conn = bed
+        .client
+        .connect(bed.pod.mesh_addr())
+        .map_err(|o| anyhow::anyhow!("{o}"))?;
+    assert_eq!(conn.get("/productpage", None)?.status, 200);
+    std::thread::sleep(Duration::from_secs(32));
+    let r = conn
+        .get("/productpage", None)
+        .context("the keep-alive connection was closed while idle for 32 s")?;
+    assert_eq!(r.status, 200);
+    Ok(())
+}
+
 #[test]
 fn idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -> Result<()> {
     privileged!();

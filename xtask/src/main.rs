@@ -9,6 +9,7 @@ mod demo;
 mod image;
 mod kind;
 mod kube;
+mod loadtest;
 mod node;
 mod setup;
 mod test;
@@ -34,6 +35,9 @@ enum Task {
     Test(test::TestArgs),
     /// Run the criterion benchmarks (JWT verification, token cache); not part of `test`.
     Bench(bench::BenchArgs),
+    /// End-to-end load benchmark in network namespaces (root): jwtgate against
+    /// a bare hop and the app, under attacks, across restarts; not part of `test`.
+    Loadtest(loadtest::LoadtestArgs),
     /// Build the agent image (podman, no registry) and save it for `kind load`.
     Image(image::ImageArgs),
     /// Run the image as deploy/'s DaemonSet does and check the FAQ table (root, podman).
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Loadtest(args) => loadtest::run(&args),
         Task::Image(args) => image::run(&args),
         Task::ContainerTest(args) => container_test::run(&args),
         Task::Kind(args) => kind::run(&args),

@@ -163,8 +163,12 @@ fn wanted_packages(toolchain: Option<&EbpfToolchain>) -> Vec<(&'static str, &'st
     ]);
     // nginx serves JWKS in the end-to-end tests; nginx-light is enough.
     if !installed("nginx-light") && !Path::new("/usr/sbin/nginx").exists() {
-        p.push(("nginx", "JWKS server in the end-to-end tests"));
+        p.push((
+            "nginx",
+            "JWKS server in the end-to-end tests, the app of `cargo xtask loadtest`",
+        ));
     }
+    p.push(("wrk", "HTTP load generator of `cargo xtask loadtest`"));
     p
 }
 
@@ -176,35 +180,13 @@ fn bpf_linker_install_cmd() -> String {
 
 pub fn run() -> Result<()> {
     let toolchain = detect_toolchain();
-    let missing: Vec<(&str, &str)> = wanted_packages(toolchain.as_ref())
-        .into_iter()
-        .filter(|(p, _)| !installed(p))
-        .collect();
-    let root = is_root();
-
-    if !missing.is_empty() {
-        let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
-        for (p, why) in &missing {
-            eprintln!("setup: missing package {p} ({why})");
-        }
-        let install = format!(
-            "apt-get install -y --no-install-recommends {}",
-            names.join(" ")
-        );
-        if !root {
-            bail!(
-                "missing packages; run as root:\n    apt-get update\n    {install}\n  and then, for bpf-linker (as the user that builds):\n    {}",
-                bpf_linker_install_cmd()
-            );
-        }
-        eprintln!("setup: apt-get update");
-        sh(Command::new("apt-get").arg("update"))?;
-        eprintln!("setup: {install}");
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&names)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    install_missing(
+        &wanted_packages(toolchain.as_ref()),
+        &format!(
+            "\n  and then, for bpf-linker (as the user that builds):\n    {}",
+            bpf_linker_install_cmd()
+        ),
+    )?;
 
     if detect_toolchain().is_none() {
         bail!(
@@ -244,6 +226,38 @@ pub fn run() -> Result<()> {
         find_bpf_linker().expect("checked above").display()
     );
     Ok(())
+}
+
+/// Installs those of `wanted` (package, why) that are missing: as root with
+/// apt-get (updating the lists first), otherwise fails with the commands
+/// (and `hint` after them).
+pub fn install_missing(wanted: &[(&str, &str)], hint: &str) -> Result<()> {
+    let missing: Vec<(&str, &str)> = wanted
+        .iter()
+        .copied()
+        .filter(|(p, _)| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    for (p, why) in &missing {
+        eprintln!("setup: missing package {p} ({why})");
+    }
+    let install = format!(
+        "apt-get install -y --no-install-recommends {}",
+        names.join(" ")
+    );
+    if !is_root() {
+        bail!("missing packages; run as root:\n    apt-get update\n    {install}{hint}");
+    }
+    eprintln!("setup: apt-get update");
+    sh(Command::new("apt-get").arg("update"))?;
+    eprintln!("setup: {install}");
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&names)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Run a command with inherited stdio; error on non-zero exit.

@@ -138,6 +138,11 @@ pub struct AgentArgs {
     /// the equivalent of Istio's PILOT_HTTP10=1 (Envoy's accept_http_10).
     #[arg(long)]
     pub accept_http10: bool,
+    /// Threads that serve proxied connections, each connection on one of
+    /// them for its life (docs/performance.md says why). Default: one per
+    /// CPU. 0 serves them on the agent's shared runtime instead.
+    #[arg(long, value_name = "N")]
+    pub proxy_threads: Option<usize>,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -191,6 +196,7 @@ impl AgentArgs {
                 drain_grace: Duration::from_millis(self.drain_grace_ms),
             },
             accept_http10: self.accept_http10,
+            proxy_threads: self.proxy_threads,
             drain: Duration::from_secs(self.drain_secs),
             log_format,
             jwks: self.jwt.jwks.options(),

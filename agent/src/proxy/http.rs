@@ -103,6 +103,12 @@ pub async fn serve_http1(
     builder
         .keep_alive(true)
         .timer(TokioTimer::new())
+        // The watchdog applies the header-read and idle timeouts (Envoy's
+        // two). hyper's own header-read timeout (30 s when a timer is set)
+        // also runs while a keep-alive connection waits for its next request,
+        // so it closed connections idle for 30 s whatever --idle-timeout-secs
+        // said, and it armed and dropped a timer for every request.
+        .header_read_timeout(None)
         // hyper answers 431 itself past this; below it the request shape
         // decides with Envoy's exact 60 KiB. Bounds the memory a head can take.
         .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)

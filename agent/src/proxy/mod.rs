@@ -23,11 +23,13 @@ mod sniff;
 mod tcp;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use bans::{BanConfig, BanRequest, BanScope, BanStats, BanTracker, BAN_QUEUE};
 pub use http::Timeouts;
 pub use limits::ConnectionLimits;
 pub use probe_sources::ProbeSources;
+pub use workers::Workers;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -70,6 +72,8 @@ pub struct Shared {
     pub limits: Arc<ConnectionLimits>,
     /// One line per decision (`access_log/`).
     pub access_log: Arc<AccessLog>,
+    /// The threads connections are served on (`workers`).
+    pub workers: Arc<Workers>,
 }
 
 /// One enrolled workload as the proxy sees it.
@@ -122,7 +126,8 @@ pub async fn serve(
             let (workload, shared) = (workload.clone(), shared.clone());
             let shutdown = shutdown.clone();
             let guard = drain.clone();
-            tokio::spawn(async move {
+            let workers = shared.workers.clone();
+            workers.spawn(stream, move |stream| async move {
                 let source_requests = admitted.requests.clone();
                 handle(stream, peer, workload, shared, shutdown, source_requests).await;
                 drop(open);
@@ -179,8 +184,12 @@ async fn handle(
         return;
     }
     let _ = stream.set_nodelay(true);
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let ctx = Arc::new(request::ConnContext {
-        peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        peer,
+        // Formatted once per connection rather than once per request.
+        forwarded_for: ::http::HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
         original_dst,
         workload,
         shared,

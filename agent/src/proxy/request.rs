@@ -32,6 +32,8 @@ const UPSTREAM_FAILURE: &str =
 /// State of one downstream connection.
 pub struct ConnContext {
     pub peer: SocketAddr,
+    /// `peer`'s address as the `x-forwarded-for` value of every request.
+    pub forwarded_for: HeaderValue,
     pub original_dst: SocketAddr,
     pub workload: Arc<Workload>,
     pub shared: Arc<Shared>,
@@ -324,23 +326,42 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 /// origin-form target)`, or Envoy's local reply.
 fn admit(req: &Request<Incoming>, accept_http_10: bool) -> Result<(String, String), LocalReply> {
     let h2 = req.version() == http::Version::HTTP_2;
-    let mut hosts: Vec<&[u8]> = req
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    let target = if h2 {
+    let uri = req.uri();
+    // The Host values, on the stack in the usual case of one: a Vec only
+    // when a request repeats Host.
+    let one: [&[u8]; 1];
+    let many: Vec<&[u8]>;
+    let hosts: &[&[u8]] = match (h2.then(|| uri.authority()).flatten(), host_lines(req)) {
         // `:authority` is the host of an HTTP/2 request when it has one.
-        if let Some(a) = req.uri().authority() {
-            hosts = vec![a.as_str().as_bytes()];
+        (Some(authority), _) => {
+            one = [authority.as_str().as_bytes()];
+            &one
         }
-        req.uri()
-            .path_and_query()
-            .map_or(String::new(), |p| p.as_str().to_string())
+        (None, HostLines::None) => &[],
+        (None, HostLines::One(host)) => {
+            one = [host];
+            &one
+        }
+        (None, HostLines::Many) => {
+            many = req
+                .headers()
+                .get_all(http::header::HOST)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            &many
+        }
+    };
+    let target: std::borrow::Cow<str> = if h2 {
+        uri.path_and_query().map_or("", |p| p.as_str()).into()
+    } else if let (None, None, Some(origin)) = (uri.scheme(), uri.authority(), uri.path_and_query())
+    {
+        // Origin-form, nearly every request: the target is its path and
+        // query as sent, borrowed rather than formatted into a new string.
+        origin.as_str().into()
     } else {
-        // As on the request line: origin-form, absolute-form or `*`.
-        req.uri().to_string()
+        // As on the request line: absolute-form or `*`.
+        uri.to_string().into()
     };
     let head_bytes = head_size(
         req.method().as_str(),
@@ -353,12 +374,28 @@ fn admit(req: &Request<Incoming>, accept_http_10: bool) -> Result<(String, Strin
         method: req.method().as_str(),
         version: req.version(),
         target: &target,
-        hosts: &hosts,
+        hosts,
         head_bytes,
         header_count: req.headers().len(),
     };
     let admitted = request_shape::admit(&head, ShapeOptions { accept_http_10 })?;
     Ok((admitted.authority.into_owned(), admitted.target.to_string()))
+}
+
+/// How many Host lines a request has.
+enum HostLines<'a> {
+    None,
+    One(&'a [u8]),
+    Many,
+}
+
+fn host_lines<B>(req: &Request<B>) -> HostLines<'_> {
+    let mut lines = req.headers().get_all(http::header::HOST).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => HostLines::None,
+        (Some(host), None) => HostLines::One(host.as_bytes()),
+        _ => HostLines::Many,
+    }
 }
 
 /// Envoy's reply to a request its codec or connection manager refuses: the
@@ -529,10 +566,14 @@ fn authz_request(
         .headers()
         .iter()
         .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
+            // `to_str` accepts only visible ASCII, which the lossy
+            // conversion would return unchanged; its check is a plain byte
+            // loop, cheaper than UTF-8 decoding the 1 KB token line.
+            let value = match value.to_str() {
+                Ok(text) => text.to_string(),
+                Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            };
+            (name.as_str().to_string(), value)
         })
         .collect();
     authz::Request {
@@ -547,15 +588,17 @@ fn authz_request(
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// As `HeaderName`s, so removing them needs no parsing of the name per
+/// request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
 ];
 
 /// Apply the decision's path and header edits to the request to forward.
@@ -573,9 +616,26 @@ fn prepare_forward(
     } else {
         // Origin-form, and the authority policies matched as Host (an
         // absolute-form target's authority replaces the Host line).
-        *req.uri_mut() = decision.forward_path.parse()?;
-        req.headers_mut()
-            .insert(http::header::HOST, HeaderValue::from_str(authority)?);
+        // Most requests already are exactly that (origin-form, path
+        // unchanged by normalization, one Host line equal to the
+        // authority): then the request keeps its own URI and Host, which
+        // saves parsing the path again and copying both per request.
+        let uri = req.uri();
+        let same_uri = uri.scheme().is_none()
+            && uri.authority().is_none()
+            && uri.path_and_query().map(|p| p.as_str()) == Some(decision.forward_path.as_str());
+        if !same_uri {
+            *req.uri_mut() = decision.forward_path.parse()?;
+        }
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        let same_host = matches!(
+            (hosts.next(), hosts.next()),
+            (Some(host), None) if host.as_bytes() == authority.as_bytes()
+        );
+        if !same_host {
+            req.headers_mut()
+                .insert(http::header::HOST, HeaderValue::from_str(authority)?);
+        }
     }
     let headers = req.headers_mut();
     let te_trailers = headers
@@ -594,12 +654,11 @@ fn prepare_forward(
         // the Host the policies matched.
         .filter(|v| !matches!(v.as_str(), "host" | "content-length" | "transfer-encoding"))
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named_in_connection.iter().map(String::as_str))
-    {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    for name in &named_in_connection {
+        headers.remove(name.as_str());
     }
     for name in &decision.headers.remove {
         headers.remove(name.as_str());
@@ -625,7 +684,7 @@ fn prepare_forward(
     // The application sees 127.0.0.6 as its peer; tell it who the client was.
     headers.append(
         HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&ctx.peer.ip().to_string())?,
+        ctx.forwarded_for.clone(),
     );
     Ok(req)
 }
