@@ -44,7 +44,7 @@ pub(crate) fn normalize_borrowed(
 /// decode (no `%`), no backslash, no `.`/`..` segment, and no `//` unless
 /// the mode keeps them. Each condition is the no-op case of one step of
 /// `rewrite`, so skipping it cannot change a result (`fast_path_agrees`).
-fn already_normal(path: &str, mode: PathNormalization) -> bool {
+pub(crate) fn already_normal(path: &str, mode: PathNormalization) -> bool {
     path.starts_with('/')
         && !path.bytes().any(|b| b == b'%' || b == b'\\')
         && (mode == PathNormalization::Base || !path.contains("//"))
@@ -52,7 +52,7 @@ fn already_normal(path: &str, mode: PathNormalization) -> bool {
 }
 
 /// The normalization steps proper, on the path without query.
-fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
+pub(crate) fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
     let decode_slashes = mode == PathNormalization::DecodeAndMergeSlashes;
     // Envoy order: unescape slashes, then canonicalize, then merge slashes.
     let decoded = percent_decode(path, decode_slashes)?;
@@ -75,6 +75,8 @@ fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
 fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
     let b = path.as_bytes();
     let mut out = String::with_capacity(b.len());
+    // Where in `out` the last `%` that began no valid escape is.
+    let mut stray_percent: Option<usize> = None;
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
@@ -87,6 +89,9 @@ fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
                     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
                 if unreserved || (slashes && (c == b'/' || c == b'\\')) {
                     out.push(c as char);
+                    if let Some(p) = stray_percent {
+                        escape_nested(&mut out, p, b.get(i + 3).copied());
+                    }
                 } else {
                     out.push('%');
                     out.push(b[i + 1].to_ascii_uppercase() as char);
@@ -96,12 +101,34 @@ fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
                 continue;
             }
         }
+        if b[i] == b'%' {
+            stray_percent = Some(out.len());
+        }
         // Safe: we only split at ASCII bytes, so `path[i..]` stays valid UTF-8.
         let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
         out.push(ch);
         i += ch.len_utf8();
     }
     Ok(out)
+}
+
+/// A decoded character right after a stray `%` can form a new escape with
+/// it (`%%32%65` decodes to `%2e`), which the backend — or a second
+/// normalization — would decode once more: `/public/%%32%65%%32%65/admin`
+/// would be matched as `/public/...` and served as `/admin`. Like Envoy's
+/// URL canonicalizer (Chromium's `CheckForNestedEscapes`), escape that `%`
+/// as `%25` when `out` now ends in `%` plus two hex digits, the second
+/// possibly being the next input byte `next`.
+fn escape_nested(out: &mut String, percent: usize, next: Option<u8>) {
+    let tail = &out.as_bytes()[percent + 1..];
+    let pair = match (tail, next) {
+        (&[a], Some(n)) => [a, n],
+        (&[a, b], _) => [a, b],
+        _ => return,
+    };
+    if pair.iter().all(|c| hex_digit(*c).is_some()) {
+        out.replace_range(percent..=percent, "%25");
+    }
 }
 
 /// RFC 3986 §5.2.4 on an absolute path.
@@ -217,6 +244,34 @@ mod tests {
         }
         // %00 is refused outright, as Envoy does.
         assert!(normalize("/a%00b", Base).is_err());
+    }
+
+    #[test]
+    fn nested_escapes_stay_escaped() {
+        // Found by the path_normalize fuzz target (docs/fuzzing.md): a stray
+        // `%` followed by decoded hex digits formed a new escape, so
+        // normalizing twice differed from once, and a backend decoding the
+        // forwarded path saw `..` the matcher never saw.
+        let cases: &[(&str, &str)] = &[
+            ("/public/%%32%65%%32%65/admin", "/public/%252e%252e/admin"),
+            ("%%6161e%2d/%617e%2d", "/%25a61e-/a7e-"),
+            ("/%%30%30", "/%2500"),
+            ("/%6%31", "/%2561"),
+            ("/%%36%31", "/%2561"),
+            ("/%%2e", "/%."),
+            ("/%zz%41/%", "/%zzA/%"),
+        ];
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            for (input, want) in cases {
+                let once = normalize(input, mode).unwrap().0;
+                assert_eq!(once, *want, "{input} {mode:?}");
+                assert_eq!(
+                    normalize(&once, mode).unwrap().0,
+                    once,
+                    "{input} {mode:?} twice"
+                );
+            }
+        }
     }
 
     #[test]
