@@ -13,6 +13,10 @@ pub mod check;
 pub mod cli;
 pub mod datapath;
 pub mod enroll;
+/// Internals the fuzz targets (agent/fuzz) check properties of; compiled only
+/// under `--cfg fuzzing`, which cargo-fuzz sets, never into the agent.
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod jwt;
 pub mod kube;
 pub mod metrics;

@@ -16,7 +16,7 @@ use crate::policy::WorkloadPolicy;
 
 mod engine;
 mod matcher;
-mod path;
+pub(crate) mod path;
 mod remote;
 
 #[cfg(test)]
