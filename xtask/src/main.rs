@@ -6,6 +6,7 @@ mod build;
 mod container_test;
 mod daemonset;
 mod demo;
+mod fuzz;
 mod image;
 mod kind;
 mod kube;
@@ -33,6 +34,8 @@ enum Task {
     Test(test::TestArgs),
     /// Run the criterion benchmarks (JWT verification, token cache); not part of `test`.
     Bench(bench::BenchArgs),
+    /// Fuzz the parsers (libFuzzer, nightly) N minutes per target; not part of `test`.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the agent image (podman, no registry) and save it for `kind load`.
     Image(image::ImageArgs),
     /// Run the image as deploy/'s DaemonSet does and check the FAQ table (root, podman).
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Image(args) => image::run(&args),
         Task::ContainerTest(args) => container_test::run(&args),
         Task::Kind(args) => kind::run(&args),
