@@ -5,7 +5,6 @@
 //! enrolment state machine (`enroll::Enroller`), one proxy per enrolled
 //! workload, JWKS kept fresh, drain on SIGTERM.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,20 +12,26 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::cli::AgentArgs;
+use crate::cli::{AgentArgs, ProbeSourcesArg};
 use crate::datapath::{Datapath, DenyList};
 use crate::enroll::{Enroller, Inputs, LiveBackend};
 use crate::jwt::TokenCache;
 use crate::metrics::Registry;
 use crate::netns::Finder;
-use crate::proxy::{BanTracker, Shared};
+use crate::proxy::{
+    BanRequest, BanScope, BanTracker, ConnectionLimits, ProbeSources, Shared, Timeouts, BAN_QUEUE,
+};
 use crate::sources::jwks::JwksStore;
 
 /// Retry delay for workloads that could not be enrolled.
 const ENROL_RETRY: Duration = Duration::from_secs(2);
 
+/// How often the ban policy re-reads the node's own addresses.
+const NODE_ADDRESSES_REFRESH: Duration = Duration::from_secs(30);
+
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(config = ?args, "starting jwtgate agent");
+    raise_open_files_limit();
     // Local mode reads its files before anything else, so a bad path fails
     // at once with the file named.
     let local = if args.kube {
@@ -48,9 +53,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inputs = match local {
             Some(local) => local.start(shutdown_rx.clone()),
-            None => crate::kube::start(&args, shutdown_rx.clone()).await?,
+            None => {
+                install_cni(&args)?;
+                crate::kube::start(&args, shutdown_rx.clone()).await?
+            }
         };
-        run_engine(args, inputs, shutdown_tx, shutdown_rx).await
+        let cni = args.cni.clone();
+        let kubeconfig = args.kubeconfig.clone();
+        let stopped = run_engine(args, inputs, shutdown_tx, shutdown_rx).await?;
+        // A newer agent needs the plugin whatever happened to our DaemonSet.
+        if let (Some(daemonset), Some(conf_dir), false) =
+            (&cni.uninstall_with, &cni.conf_dir, stopped.superseded)
+        {
+            uninstall_cni_if_removed(daemonset, conf_dir, kubeconfig.as_deref()).await;
+        }
+        Ok(())
     })
 }
 
@@ -60,7 +77,7 @@ async fn run_engine(
     mut inputs: Inputs,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let registry = Arc::new(Registry::default());
     let metrics_listener = crate::metrics::bind(args.metrics_addr).await?;
     tokio::spawn(crate::metrics::serve(
@@ -68,6 +85,13 @@ async fn run_engine(
         registry.clone(),
         shutdown_rx.clone(),
     ));
+    if let Some(path) = &args.health_socket {
+        tokio::spawn(crate::metrics::serve_unix(
+            path.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
 
     let datapath = Datapath::open(&args.pin_root).with_context(|| {
         format!(
@@ -86,12 +110,19 @@ async fn run_engine(
                 .unwrap_or_default()
         }));
     }
-    let (ban_tx, ban_rx) = mpsc::unbounded_channel();
-    tokio::spawn(apply_bans(
-        DenyList::open_pinned(&args.pin_root)?,
-        ban_rx,
-        Duration::from_secs(args.ban_ttl_secs),
-    ));
+    let (ban_tx, ban_rx) = mpsc::channel(BAN_QUEUE);
+    let bans = BanTracker::new(args.bans.config(), Some(ban_tx));
+    crate::metrics::set_ban_tracker(bans.clone());
+    let mut deny = DenyList::open_pinned(&args.pin_root)?;
+    match deny.adopt_manual_bans() {
+        Ok(0) => {}
+        Ok(n) => info!(
+            n,
+            "kept operator bans of an earlier agent where nothing evicts them"
+        ),
+        Err(err) => warn!("cannot copy earlier operator bans: {err:#}"),
+    }
+    tokio::spawn(apply_bans(deny, bans.clone(), ban_rx, shutdown_rx.clone()));
 
     // One verified-token cache for every workload on the node; the JWKS
     // store tells it which keys left their sets.
@@ -101,13 +132,37 @@ async fn run_engine(
         Some(token_cache.clone()),
     )?);
     crate::metrics::set_token_cache(token_cache.clone());
+    crate::metrics::set_jwks_store(jwks.clone());
+    let probe_sources = match &args.probe_sources {
+        ProbeSourcesArg::List(list) => ProbeSources::new(list.iter().copied()),
+        ProbeSourcesArg::Auto => {
+            let sources = ProbeSources::default();
+            tokio::spawn(follow_node_addresses(sources.clone(), shutdown_rx.clone()));
+            sources
+        }
+    };
     let shared = Arc::new(Shared {
         jwks: jwks.clone(),
         token_cache,
         normalization: args.path_normalization.into(),
-        bans: BanTracker::new(args.ban_after, Duration::from_secs(args.ban_window_secs)),
-        ban_requests: ban_tx,
+        bans,
+        sniff_timeout: (args.protocol_detection_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.protocol_detection_timeout_ms)),
+        probe_sources,
+        timeouts: Timeouts {
+            header_read: Duration::from_secs(args.header_read_timeout_secs),
+            idle: Duration::from_secs(args.idle_timeout_secs),
+            stream_idle: Duration::from_secs(args.stream_idle_timeout_secs),
+            drain_grace: Duration::from_millis(args.drain_grace_ms),
+        },
+        accept_http_10: args.accept_http10,
+        limits: ConnectionLimits::new(
+            connection_cap(args.max_connections),
+            args.max_connections_per_source,
+            args.max_requests,
+        ),
     });
+    crate::metrics::set_connection_limits(shared.limits.clone());
 
     let policies = inputs.policies.borrow_and_update().clone();
     let (jwks_uris_tx, jwks_uris_rx) = watch::channel(policies.jwks_uris());
@@ -123,14 +178,13 @@ async fn run_engine(
 
     let drain = Arc::new(());
     let mut backend = LiveBackend {
-        datapath,
+        datapath: datapath.clone(),
         shared,
         registry: registry.clone(),
         drain: drain.clone(),
         fail_open: args.fail_open,
         finder: Finder {
             proc_root: args.host_proc.clone(),
-            netns_dirs: vec![args.netns_dir.clone()],
         },
     };
     let mut enroller = Enroller::new(&args.root_namespace);
@@ -146,8 +200,23 @@ async fn run_engine(
     // closed channel).
     let (mut policies_open, mut workloads_open) = (true, true);
 
+    let mut reported_failures = std::collections::BTreeMap::new();
     loop {
         enroller.reconcile(&mut backend);
+        if let Some(tx) = &inputs.enrolled {
+            let now = enroller.enrolled_instances();
+            tx.send_if_modified(|m| {
+                let changed = *m != now;
+                *m = now;
+                changed
+            });
+        }
+        if let Some(tx) = &inputs.enrolment_failures {
+            if enroller.pending() != &reported_failures {
+                reported_failures = enroller.pending().clone();
+                let _ = tx.send(reported_failures.clone());
+            }
+        }
         let ready = enroller.is_ready() && *jwks_done_rx.borrow();
         if ready != registry.is_ready() {
             registry.set_ready(ready);
@@ -212,20 +281,178 @@ async fn run_engine(
             "drain deadline reached; closing remaining connections"
         );
     }
-    info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
+    let superseded = datapath.lock().map(|dp| dp.superseded()).unwrap_or(false);
+    if superseded {
+        info!("stopped; a newer agent holds the steering");
+    } else {
+        info!("stopped; steering stays pinned and the mesh ports refuse connections until an agent returns");
+    }
+    Ok(Stopped { superseded })
+}
+
+/// How the engine ended.
+struct Stopped {
+    /// A newer agent took the node over (surge upgrade).
+    superseded: bool,
+}
+
+/// Write the ban policy's requests into the kernel's deny maps, and keep
+/// the policy's view of the node's own addresses fresh. A source is checked
+/// against the node's addresses once more, read at that moment, right
+/// before it is written: an address added since the last refresh is still
+/// never banned.
+async fn apply_bans(
+    mut deny: DenyList,
+    tracker: BanTracker,
+    mut requests: mpsc::Receiver<BanRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut refresh = tokio::time::interval(NODE_ADDRESSES_REFRESH);
+    loop {
+        let ban = tokio::select! {
+            ban = requests.recv() => match ban {
+                Some(ban) => ban,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                match crate::addrs::node_addresses() {
+                    Ok(addrs) => tracker.set_node_addresses(addrs),
+                    Err(err) => warn!("cannot list the node's addresses: {err}"),
+                }
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        };
+        let node = crate::addrs::node_addresses().unwrap_or_default();
+        let source = crate::addrs::canonical(ban.source);
+        if node.iter().any(|a| crate::addrs::canonical(*a) == source) {
+            tracker.set_node_addresses(node);
+            warn!(%source, "not banning one of the node's own addresses");
+            continue;
+        }
+        let reason = jwtgate_common::DENY_REASON_AUTH_FAILURES;
+        let ttl = ban.ttl;
+        let written = match ban.scope {
+            BanScope::Workload(workload) => deny
+                .deny_pair(source, workload, Some(ttl), reason)
+                .map(|()| format!("towards {workload}")),
+            BanScope::Source => deny
+                .deny_source(source, Some(ttl), reason)
+                .map(|()| "from every workload on the node".to_string()),
+        };
+        match written {
+            Ok(scope) => {
+                info!(%source, ?ttl, "source banned {scope} after repeated token failures")
+            }
+            Err(err) => warn!(%source, "cannot ban source: {err:#}"),
+        }
+    }
+}
+
+/// Every connection is a descriptor, and the default soft limit (often
+/// 1024) would refuse connections — and stop the enrolment of new pods,
+/// which needs descriptors too — long before memory or CPU run out. The
+/// hard limit is what the operator allows; take all of it.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(
+                from = soft,
+                to = hard,
+                "raised the open files limit (RLIMIT_NOFILE) to the hard limit"
+            ),
+            Err(err) => warn!(
+                soft,
+                hard, "cannot raise the open files limit (RLIMIT_NOFILE): {err}"
+            ),
+        },
+        Ok((soft, _)) => info!(
+            limit = soft,
+            "open files limit (RLIMIT_NOFILE) already at the hard limit"
+        ),
+        Err(err) => warn!("cannot read the open files limit (RLIMIT_NOFILE): {err}"),
+    }
+}
+
+/// Descriptors kept out of the connections' reach: enrolment (namespace
+/// files, listeners, netlink and bpf fds), JWKS fetches, the API client.
+const RESERVED_FDS: u64 = 1024;
+
+/// `--max-connections`, lowered if the open files limit could not hold it:
+/// every proxied connection takes two descriptors, and running out of them
+/// must never stop the enrolment of new pods.
+fn connection_cap(wanted: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let fits = (limit.saturating_sub(RESERVED_FDS) / 2) as usize;
+    if wanted > fits {
+        warn!(
+            wanted,
+            allowed = fits,
+            open_files_limit = limit,
+            "--max-connections lowered to what the open files limit holds (2 descriptors a connection, {RESERVED_FDS} kept for enrolment)"
+        );
+        return fits.max(1);
+    }
+    wanted
+}
+
+/// `--probe-sources auto`: the node's addresses (the agent runs in the
+/// node's network namespace), re-read every 10 s so an address added later
+/// (DHCP, a CNI bridge coming up) is recognised.
+async fn follow_node_addresses(sources: ProbeSources, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match crate::netns::own_addresses() {
+            Ok(addresses) => {
+                if addresses != sources.snapshot() {
+                    info!(?addresses, "kubelet probe sources (this node's addresses)");
+                    sources.set(addresses);
+                }
+            }
+            Err(err) => warn!("cannot list this node's addresses for probe sources: {err}"),
+        }
+    }
+}
+
+/// `--cni-bin-dir` / `--cni-conf-dir`: put the plugin in the node's chain
+/// before the first pod can be created against this agent.
+fn install_cni(args: &AgentArgs) -> anyhow::Result<()> {
+    let (Some(bin), Some(conf), Some(socket)) =
+        (&args.cni.bin_dir, &args.cni.conf_dir, &args.cni.socket)
+    else {
+        return Ok(());
+    };
+    let list =
+        crate::cni::install::install(bin, conf, socket).context("cannot install the CNI plugin")?;
+    info!(conflist = %list.display(), bin = %bin.display(), "CNI plugin installed: new pods are enrolled before they start");
     Ok(())
 }
 
-/// Write ban requests from the proxies into the kernel's deny list.
-async fn apply_bans(
-    mut deny: DenyList,
-    mut requests: mpsc::UnboundedReceiver<IpAddr>,
-    ttl: Duration,
+/// Exiting because the DaemonSet is being deleted (not restarted or
+/// upgraded): take the plugin out, so new pods start without the agent.
+async fn uninstall_cni_if_removed(
+    daemonset: &str,
+    conf_dir: &std::path::Path,
+    kubeconfig: Option<&std::path::Path>,
 ) {
-    while let Some(source) = requests.recv().await {
-        match deny.deny_source(source, Some(ttl), jwtgate_common::DENY_REASON_AUTH_FAILURES) {
-            Ok(()) => info!(%source, ?ttl, "source banned after repeated token failures"),
-            Err(err) => warn!(%source, "cannot ban source: {err:#}"),
+    match crate::kube::daemonset_removed(daemonset, kubeconfig).await {
+        Ok(true) => match crate::cni::install::uninstall(conf_dir) {
+            Ok(_) => info!(%daemonset, "DaemonSet removed: CNI plugin taken out of the chain"),
+            Err(err) => warn!("cannot take the CNI plugin out: {err:#}"),
+        },
+        Ok(false) => {
+            info!(%daemonset, "DaemonSet still there (restart or upgrade): CNI plugin kept")
+        }
+        // Unknown: keep it (fail closed; `jwtgate cni-uninstall` by hand).
+        Err(err) => {
+            warn!("cannot tell whether the DaemonSet is being removed, CNI plugin kept: {err:#}")
         }
     }
 }

@@ -1,6 +1,9 @@
 //! `jwtgate check`: decide one request offline with exactly the agent's code
-//! path (policy folder → JWKS fetch → `authz::evaluate`) and print the
-//! decision as one JSON object. Exit 0 allowed, 1 denied, 2 bad input.
+//! path (policy folder → JWKS fetch → request shape → `authz::evaluate`) and
+//! print the decision as one JSON object. Exit 0 allowed, 1 denied, 2 bad
+//! input — including a policy file that is not valid YAML: a dry run must
+//! not decide while silently ignoring a policy (the agent, unlike `check`,
+//! keeps that file's last good version in force).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
+use crate::authz::request_shape::{self, LocalReply, RequestHead, ShapeOptions};
 use crate::authz::{self, Decision};
 use crate::cli::CheckArgs;
 use crate::policy::WorkloadRef;
@@ -18,7 +22,8 @@ use crate::sources::policy_dir::PolicyDir;
 pub fn run(args: &CheckArgs) -> ExitCode {
     match decide(args) {
         Ok((decision, policy_errors)) => {
-            println!("{}", render(&decision, &policy_errors));
+            let head = args.method == "HEAD";
+            println!("{}", render(&decision, &policy_errors, head));
             if decision.allowed {
                 ExitCode::SUCCESS
             } else {
@@ -42,6 +47,14 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
         .map(|h| parse_header(h))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let loaded = PolicyDir::new(&args.policies).load()?;
+    if let Some(file) = loaded.unusable_files.first() {
+        // serde_yaml's message carries the line and column.
+        bail!(
+            "policy file {} cannot be used, so no decision is made: {}",
+            file.origin,
+            file.message
+        );
+    }
     for err in &loaded.errors {
         eprintln!("jwtgate check: policy: {err}");
     }
@@ -52,6 +65,36 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
         },
         &args.root_namespace,
     );
+    // What Envoy refuses before any filter (method, target, Host, size),
+    // and the authority/target the filters see. `--host` is the first Host
+    // line; `--header 'Host: …'` adds more.
+    let hosts: Vec<&[u8]> = std::iter::once(args.host.as_str())
+        .chain(
+            headers
+                .iter()
+                .filter(|(n, _)| n == "host")
+                .map(|(_, v)| v.as_str()),
+        )
+        .map(str::as_bytes)
+        .collect();
+    let head_bytes = request_shape::head_size(
+        &args.method,
+        &args.path,
+        std::iter::once(("host".as_bytes(), args.host.as_bytes()))
+            .chain(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))),
+    );
+    let head = RequestHead {
+        method: &args.method,
+        version: http::Version::HTTP_11,
+        target: &args.path,
+        hosts: &hosts,
+        head_bytes,
+        header_count: headers.len() + 1,
+    };
+    let admitted = match request_shape::admit(&head, ShapeOptions::default()) {
+        Ok(admitted) => admitted,
+        Err(reply) => return Ok((refused(&reply), loaded.errors)),
+    };
     let jwks = JwksStore::new(args.jwks.options(), None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,11 +109,12 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
     // `--host` is the Host header exactly as the client sends it: `hosts`
     // match `:authority` as a string (§3.4), so `httpbin.foo` and
     // `httpbin.foo:8000` are different requests; `--port` is the destination
-    // port (`ports`, `destination.port`).
+    // port (`ports`, `destination.port`). An absolute-form `--path` brings
+    // its own authority.
     let request = authz::Request {
         method: args.method.clone(),
-        path: args.path.clone(),
-        host: args.host.clone(),
+        path: admitted.target.to_owned(),
+        host: admitted.authority.into_owned(),
         headers,
         source_ip: args.source_ip,
         destination_ip: args.destination_ip,
@@ -102,11 +146,31 @@ fn decide(args: &CheckArgs) -> anyhow::Result<(Decision, Vec<String>)> {
     Ok((decision, loaded.errors))
 }
 
+/// A request Envoy refuses before any filter, as a decision.
+fn refused(reply: &LocalReply) -> Decision {
+    Decision {
+        status: reply.status,
+        allowed: false,
+        body: reply.body.to_owned(),
+        reason: format!(
+            "refused before authentication, as Envoy does ({})",
+            reply.details
+        ),
+        principal: None,
+        policy: None,
+        audit: None,
+        www_authenticate: None,
+        forward_path: String::new(),
+        headers: Default::default(),
+    }
+}
+
 /// The contract's JSON: status, allowed, body, reason, principal, policy,
 /// headers (added / removed on the forwarded request, plus the reply's
 /// `www-authenticate`); beyond the contract: the forwarded `path`, the
-/// matching `audit` policy and `policy_errors`.
-fn render(d: &Decision, policy_errors: &[String]) -> serde_json::Value {
+/// matching `audit` policy and `policy_errors`. `body` is what the client
+/// receives: nothing for HEAD.
+fn render(d: &Decision, policy_errors: &[String], head: bool) -> serde_json::Value {
     let added: BTreeMap<&str, &str> = d
         .headers
         .add
@@ -117,10 +181,11 @@ fn render(d: &Decision, policy_errors: &[String]) -> serde_json::Value {
     if let Some(www) = &d.www_authenticate {
         headers["www-authenticate"] = json!(www);
     }
+    let body = if head { "" } else { d.body.as_str() };
     json!({
         "status": d.status,
         "allowed": d.allowed,
-        "body": d.body,
+        "body": body,
         "reason": d.reason,
         "principal": d.principal,
         "policy": d.policy,

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Run by a container runtime as the CNI plugin (the copy named
+    // `jwtgate-cni` in the CNI bin dir).
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(jwtgate::cni::PLUGIN_NAME.as_ref()) {
+        return jwtgate::cni::plugin::main();
+    }
     let cli = jwtgate::cli::Cli::parse();
     jwtgate::cli::run(cli)
 }

@@ -79,6 +79,9 @@ spec:
 fn check(dir: &Path, args: &[&str]) -> (i32, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
         .arg("check")
+        // The test's JWKS server is on loopback, refused by default.
+        .arg("--jwks-allow-cidr")
+        .arg("127.0.0.0/8")
         .arg("--policies")
         .arg(dir)
         .args(args)
@@ -275,7 +278,7 @@ spec:
   - from: [{{source: {{ipBlocks: [192.0.2.0/24], remoteIpBlocks: [198.51.100.7]}}}}]
     to: [{{operation: {{hosts: ['api.example.com:*'], ports: ['9080'], methods: [POST], paths: ['/v1/{{*}}']}}}}]
     when:
-    - {{key: 'request.headers[x-tenant]', values: ['a,b']}}
+    - {{key: 'request.headers[x-tenant]', values: ['b']}}
     - {{key: 'request.auth.claims[foo]', values: [bar]}}
 ---
 apiVersion: security.istio.io/v1
@@ -371,7 +374,6 @@ spec:
 ",
     )
     .unwrap();
-    std::fs::write(dir.path().join("broken.yaml"), "kind: [\n").unwrap();
     let (code, json, stderr) = check(dir.path(), &["--namespace", "foo", "--path", "/admin"]);
     assert_eq!((code, json["status"].as_u64()), (1, Some(403)), "{json}");
     let errors = json["policy_errors"].to_string();
@@ -381,13 +383,232 @@ spec:
         ),
         "{errors}"
     );
-    assert!(
-        errors.contains("broken.yaml: document 1: invalid YAML"),
-        "{errors}"
-    );
     assert!(stderr.contains("bad-cidr"), "{stderr}");
     let (code, _, _) = check(dir.path(), &["--namespace", "foo", "--path", "/x"]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_file_that_is_not_yaml_stops_the_decision() {
+    // A dry run must not decide while ignoring a policy: the broken file
+    // could hold the DENY that matters. Exit 2, file and line named.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deny.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ['/admin*']}}]}]
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: [\n",
+    )
+    .unwrap();
+    let (code, json, stderr) = check(dir.path(), &["--namespace", "foo", "--path", "/x"]);
+    assert_eq!(code, 2, "{json} {stderr}");
+    assert!(json.is_null(), "no decision on stdout: {json}");
+    assert!(stderr.contains("broken.yaml"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    // Fixed: the decision is made again.
+    std::fs::write(dir.path().join("broken.yaml"), "").unwrap();
+    let (code, json, _) = check(dir.path(), &["--namespace", "foo", "--path", "/admin"]);
+    assert_eq!((code, json["status"].as_u64()), (1, Some(403)), "{json}");
+}
+
+/// Policies for the request-shape and header cases: a RequestAuthentication
+/// writing `sub` into `x-sub`, and the AuthorizationPolicies given.
+fn header_dir(policies: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = sample("jwks.json").replace('\n', "");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ra, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]
+{policies}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn claim_headers_are_what_rbac_sees() {
+    let dir = header_dir(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sub, namespace: foo}
+spec:
+  rules: [{when: [{key: 'request.headers[x-sub]', values: ['testing@secure.istio.io']}]}]
+",
+    );
+    let token = format!("Authorization: Bearer {}", sample("demo.jwt"));
+    let ns = ["--namespace", "foo"];
+    // A client without a token cannot write the claim header itself.
+    let (code, json, _) = check(
+        dir.path(),
+        &[&ns[..], &["--header", "X-Sub: testing@secure.istio.io"]].concat(),
+    );
+    assert_eq!((code, json["status"].as_u64()), (1, Some(403)), "{json}");
+    // With the token, the claim header is written from it and matched.
+    let (code, json, _) = check(
+        dir.path(),
+        &[&ns[..], &["--header", &token, "--header", "x-sub: forged"]].concat(),
+    );
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["headers"]["added"]["x-sub"], "testing@secure.istio.io");
+    assert_eq!(
+        json["headers"]["removed"],
+        serde_json::json!(["x-sub", "authorization"])
+    );
+}
+
+#[test]
+fn repeated_header_cannot_evade_a_deny() {
+    // CVE-2026-26308 (Istio 1.29.1): each line is matched on its own.
+    let dir = header_dir(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{when: [{key: 'request.headers[x-role]', values: ['admin']}]}]
+",
+    );
+    let ns = ["--namespace", "foo"];
+    let (code, json, _) = check(
+        dir.path(),
+        &[
+            &ns[..],
+            &["--header", "X-Role: user", "--header", "X-Role: admin"],
+        ]
+        .concat(),
+    );
+    assert_eq!((code, json["status"].as_u64()), (1, Some(403)), "{json}");
+    assert_eq!(json["policy"], "foo/deny-admin");
+    let (code, _, _) = check(
+        dir.path(),
+        &[&ns[..], &["--header", "X-Role: user"]].concat(),
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn envoy_request_shape_and_head() {
+    let dir = header_dir(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-host, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {hosts: ['admin.example.com'], methods: [GET]}}]}]
+",
+    );
+    let ns = ["--namespace", "foo"];
+    // (args, exit, status, body): Envoy's answers before any filter.
+    let rows: &[(&[&str], i32, u64, &str)] = &[
+        (&["--method", "get"], 1, 400, "Bad Request"),
+        (&["--method", "FOO"], 1, 400, "Bad Request"),
+        (
+            &["--header", "Host: second.example.com"],
+            1,
+            400,
+            "Bad Request",
+        ),
+        (&["--host", "bad host"], 1, 400, "Bad Request"),
+        // Absolute-form: the URL's authority is the host policies match.
+        (
+            &["--path", "http://admin.example.com/x"],
+            1,
+            403,
+            "RBAC: access denied",
+        ),
+        (
+            &["--host", "admin.example.com"],
+            1,
+            403,
+            "RBAC: access denied",
+        ),
+        (
+            &[
+                "--host",
+                "admin.example.com",
+                "--path",
+                "http://other.example.com/x",
+            ],
+            0,
+            200,
+            "",
+        ),
+        // HEAD: the client receives no body, in check's JSON too.
+        (
+            &["--method", "HEAD", "--header", "Authorization: Bearer x"],
+            1,
+            401,
+            "",
+        ),
+        (
+            &["--method", "HEAD", "--host", "admin.example.com"],
+            0,
+            200,
+            "",
+        ),
+    ];
+    for (args, exit, status, body) in rows {
+        let (code, json, stderr) = check(dir.path(), &[&ns[..], args].concat());
+        assert_eq!(code, *exit, "{args:?}: {json} {stderr}");
+        assert_eq!(json["status"], *status, "{args:?}: {json}");
+        assert_eq!(json["body"], *body, "{args:?}: {json}");
+    }
+    // The same 401 for GET carries its body.
+    let (_, json, _) = check(
+        dir.path(),
+        &[&ns[..], &["--header", "Authorization: Bearer x"]].concat(),
+    );
+    assert_eq!(
+        json["body"],
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+    );
+}
+
+#[test]
+fn base_normalization_keeps_escapes_as_sent() {
+    // Envoy's canonicalizer copies the escapes it keeps byte for byte.
+    let dir = header_dir("");
+    let path_of = |args: &[&str]| {
+        let (code, json, stderr) = check(dir.path(), &[&["--namespace", "foo"][..], args].concat());
+        assert_eq!(code, 0, "{json} {stderr}");
+        json["path"].as_str().unwrap().to_owned()
+    };
+    let base = ["--path-normalization", "base"];
+    let rows: &[(&str, &str, &str)] = &[
+        // (target, base, default decode-and-merge-slashes)
+        ("/a%2fb", "/a%2fb", "/a/b"),
+        ("/a%2Fb", "/a%2Fb", "/a/b"),
+        ("/x%3fy%3Fz?q=%2f", "/x%3fy%3Fz?q=%2f", "/x%3fy%3Fz?q=%2f"),
+        ("/%7euser", "/~user", "/~user"),
+    ];
+    for (target, want_base, want_default) in rows {
+        assert_eq!(
+            path_of(&[&["--path", target][..], &base[..]].concat()),
+            *want_base
+        );
+        assert_eq!(path_of(&["--path", target]), *want_default);
+    }
 }
 
 #[test]

@@ -8,14 +8,15 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use jwtgate::datapath::{self, Datapath, DenyList};
+use jwtgate::datapath::{self, Datapath, DenyList, Listeners, Steering};
+use jwtgate::inbound::PortSelection;
 use jwtgate_e2e::netns::NetNs;
 
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
@@ -173,27 +174,31 @@ fn connect_from(
     }
 }
 
-#[test]
-fn steer_guard_fail_closed_fail_open() {
+/// A private bpffs and two namespaces (client, pod), or `None` when the
+/// test cannot run here (said out loud; a failure under CI).
+fn bed() -> Option<(Bpffs, NetNs, NetNs)> {
     if !jwtgate_e2e::require_privileges() {
-        return;
+        return None;
     }
     // CI builds the agent with the object; anywhere else a plain `cargo test`
-    // without it is a skip, said out loud.
+    // without it is a skip.
     if !datapath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "datapath test cannot run: agent built without the eBPF object (CI is set)"
+        jwtgate_e2e::skip(
+            "datapath test: agent built without the eBPF object (`cargo xtask test` builds it)",
         );
-        eprintln!("\n*** SKIP datapath test: agent built without the eBPF object ***\n");
-        return;
+        return None;
     }
-
     let bpffs = Bpffs {
         dir: tempfile::tempdir().unwrap(),
     };
-    let client = netns();
-    let pod = netns();
+    Some((bpffs, netns(), netns()))
+}
+
+#[test]
+fn steer_guard_fail_closed_fail_open() {
+    let Some((bpffs, client, pod)) = bed() else {
+        return;
+    };
     let net = 10 + std::process::id() % 200;
     let client_ip: Ipv4Addr = format!("10.254.{net}.1").parse().unwrap();
     let pod_ip: Ipv4Addr = format!("10.254.{net}.2").parse().unwrap();
@@ -249,17 +254,9 @@ fn steer_guard_fail_closed_fail_open() {
     let other_addr = SocketAddr::new(pod_ip.into(), 9090);
     let short = Duration::from_secs(1);
 
+    let only_8080 = PortSelection::Only([8080].into());
     let mut dp = Datapath::open(&bpffs.path()).expect("Datapath::open");
-    let id = dp
-        .enrol(
-            "test/pod",
-            &ns_file(&pod),
-            &[IpAddr::V4(pod_ip)],
-            &[8080],
-            verifier.as_fd(),
-            false,
-        )
-        .expect("enrol");
+    let id = enrol_v4(&mut dp, &pod, pod_ip, &only_8080, &verifier, false).expect("enrol");
 
     // Steered: the verifier accepts, and sees the original destination.
     let _c = connect(&client, mesh_addr, short).expect("connect to mesh port");
@@ -347,16 +344,7 @@ fn steer_guard_fail_closed_fail_open() {
         .unwrap();
 
     // Re-enrolling keeps the listener id (agent restart), pins are re-adopted.
-    let id2 = dp
-        .enrol(
-            "test/pod",
-            &ns_file(&pod),
-            &[IpAddr::V4(pod_ip)],
-            &[8080],
-            verifier.as_fd(),
-            false,
-        )
-        .expect("re-enrol");
+    let id2 = enrol_v4(&mut dp, &pod, pod_ip, &only_8080, &verifier, false).expect("re-enrol");
     assert_eq!(id, id2, "listener id changed on re-enrol");
     let key_dir = bpffs.path().join("links/test_2Fpod");
     assert!(key_dir.join("steer").exists());
@@ -379,16 +367,8 @@ fn steer_guard_fail_closed_fail_open() {
 
     // Fail-open: the same situation lets the client reach the application.
     let verifier2 = listen(&pod, "127.0.0.1:15007");
-    let id3 = dp
-        .enrol(
-            "test/pod",
-            &ns_file(&pod),
-            &[IpAddr::V4(pod_ip)],
-            &[8080],
-            verifier2.as_fd(),
-            true,
-        )
-        .expect("enrol fail-open");
+    let id3 =
+        enrol_v4(&mut dp, &pod, pod_ip, &only_8080, &verifier2, true).expect("enrol fail-open");
     assert_eq!(id, id3);
     drop(verifier2);
     let _c = connect(&client, mesh_addr, short).expect("fail-open connect");
@@ -424,15 +404,7 @@ fn steer_guard_fail_closed_fail_open() {
         "the pins of the earlier agent are listed by key"
     );
     let verifier3 = listen(&pod, "127.0.0.1:15008");
-    let id4 = dp
-        .enrol(
-            "test/pod",
-            &ns_file(&pod),
-            &[IpAddr::V4(pod_ip)],
-            &[8080],
-            verifier3.as_fd(),
-            false,
-        )
+    let id4 = enrol_v4(&mut dp, &pod, pod_ip, &only_8080, &verifier3, false)
         .expect("enrol after restart");
     assert_eq!(id, id4, "listener id changed across a restart");
     let _c = connect(&client, mesh_addr, short).expect("connect after restart");
@@ -460,6 +432,319 @@ fn steer_guard_fail_closed_fail_open() {
 
     drop(dp);
     assert_no_leftover_pins(&bpffs.path());
+}
+
+/// Wait (bounded) until `ns` has a route to `dst`.
+fn wait_for_route(ns: &NetNs, dst: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !Command::new("ip")
+        .args(["-n", ns.name(), "route", "get", dst])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no route to {dst} in {}",
+            ns.name()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connect from `src` (any family) within `timeout`, inside the calling
+/// thread's namespace.
+fn connect_any(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&src.into())?;
+    socket.connect_timeout(&dst.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// The kernel-level guarantees of issue "Enforcement coverage": every port
+/// of both families is steered unless excluded; the passthrough sources
+/// pass only over the pod's loopback, so the same source forged from outside
+/// is steered; a change of the port selection never lets one connection
+/// through unsteered (make-before-break).
+#[test]
+fn every_port_both_families_and_the_passthrough_cannot_be_forged() {
+    let Some((bpffs, client, pod)) = bed() else {
+        return;
+    };
+    let net = 10 + std::process::id() % 200;
+    let client_ip: Ipv4Addr = format!("10.253.{net}.1").parse().unwrap();
+    let pod_ip: Ipv4Addr = format!("10.253.{net}.2").parse().unwrap();
+    let client_ip6: Ipv6Addr = format!("fd00:{net}::1").parse().unwrap();
+    let pod_ip6: Ipv6Addr = format!("fd00:{net}::2").parse().unwrap();
+    let veth = format!("jgv{}", std::process::id());
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &veth,
+            "netns",
+            client.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ],
+    );
+    for (ns, dev, v4, v6) in [
+        (&client, veth.as_str(), client_ip, client_ip6),
+        (&pod, "eth0", pod_ip, pod_ip6),
+    ] {
+        run(
+            "ip",
+            &[
+                "-n",
+                ns.name(),
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                dev,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                ns.name(),
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        );
+        run("ip", &["-n", ns.name(), "link", "set", dev, "up"]);
+    }
+    // IPv6 routes appear once both ends of the veth have carrier: wait, or
+    // the first SYN-ACK has no route and the connect times out.
+    wait_for_route(&pod, &client_ip6.to_string());
+    wait_for_route(&client, &pod_ip6.to_string());
+    // The attacker outside the pod owns ::6 on its own interface, and the
+    // pod routes ::6 back to it: everything a forged source needs.
+    run(
+        "ip",
+        &[
+            "-n",
+            client.name(),
+            "-6",
+            "addr",
+            "add",
+            "::6/128",
+            "dev",
+            &veth,
+            "nodad",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            pod.name(),
+            "-6",
+            "route",
+            "add",
+            "::6/128",
+            "via",
+            &client_ip6.to_string(),
+        ],
+    );
+
+    let app = listen(&pod, "[::]:8080"); // dual-stack app
+    let app_excluded = listen(&pod, "0.0.0.0:9090");
+    let app_undeclared = listen(&pod, "[::]:7777");
+    let verifier4 = listen(&pod, "127.0.0.1:15006");
+    let verifier6 = listen(&pod, "[::]:15016");
+    let short = Duration::from_secs(1);
+    let ips = [IpAddr::V4(pod_ip), IpAddr::V6(pod_ip6)];
+    let all_but_9090 = PortSelection::All {
+        exclude: [9090].into(),
+    };
+    let mut dp = Datapath::open(&bpffs.path()).expect("Datapath::open");
+    let enrol = |dp: &mut Datapath, ports: &PortSelection| {
+        dp.enrol(
+            "test/pod",
+            &ns_file(&pod),
+            &Steering {
+                ips: &ips,
+                ports,
+                fail_open: false,
+            },
+            Listeners {
+                v4: Some(verifier4.as_fd()),
+                v6: Some(verifier6.as_fd()),
+            },
+        )
+        .expect("enrol")
+    };
+    enrol(&mut dp, &all_but_9090);
+
+    // Every port of both families, declared or not, reaches the verifier of
+    // its family with the original destination.
+    for (dst, verifier) in [
+        (SocketAddr::new(pod_ip.into(), 8080), &verifier4),
+        (SocketAddr::new(pod_ip.into(), 7777), &verifier4),
+        (SocketAddr::new(pod_ip6.into(), 8080), &verifier6),
+        (SocketAddr::new(pod_ip6.into(), 7777), &verifier6),
+        (SocketAddr::new(pod_ip6.into(), 40000), &verifier6),
+    ] {
+        let _c = connect(&client, dst, short).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        assert_eq!(accept(verifier, short), Some(dst), "{dst} not steered");
+    }
+    assert_eq!(
+        accept(&app, Duration::ZERO),
+        None,
+        "the app saw a steered connection"
+    );
+    assert_eq!(accept(&app_undeclared, Duration::ZERO), None);
+    // The excluded port goes to the app.
+    let excluded = SocketAddr::new(pod_ip.into(), 9090);
+    let _c = connect(&client, excluded, short).expect("connect to the excluded port");
+    assert_eq!(accept(&app_excluded, short), Some(excluded));
+    assert!(counter(&dp, "excluded") > 0);
+
+    // The passthrough sources, from inside the pod over lo, reach the app
+    // on both families.
+    run(
+        "ip",
+        &[
+            "-n",
+            pod.name(),
+            "-6",
+            "addr",
+            "add",
+            "::6/128",
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    );
+    for (src, dst) in [
+        (
+            SocketAddr::from((Ipv4Addr::new(127, 0, 0, 6), 0)),
+            SocketAddr::new(pod_ip.into(), 8080),
+        ),
+        (
+            SocketAddr::from(("::6".parse::<Ipv6Addr>().unwrap(), 0)),
+            SocketAddr::new(pod_ip6.into(), 8080),
+        ),
+    ] {
+        let _c = inside(&pod, || connect_any(src, dst, short))
+            .unwrap_or_else(|e| panic!("passthrough {src} -> {dst}: {e}"));
+        assert_eq!(
+            accept(&app, short).map(|a| a.port()),
+            Some(8080),
+            "{src} not passed"
+        );
+    }
+    let bypassed = counter(&dp, "bypassed");
+    assert!(bypassed >= 2, "bypassed = {bypassed}");
+
+    // The same ::6 source from outside the pod is dropped by XDP: never
+    // passed to the app, on any port.
+    for port in [8080, 7777] {
+        let dst6 = SocketAddr::new(pod_ip6.into(), port);
+        let forged = SocketAddr::from(("::6".parse::<Ipv6Addr>().unwrap(), 0));
+        let err = inside(&client, || connect_any(forged, dst6, short))
+            .expect_err("a forged ::6 connection was established");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::TimedOut,
+            "forged ::6 to {dst6}: {err}"
+        );
+    }
+    assert_eq!(
+        accept(&app, Duration::from_millis(200)),
+        None,
+        "forged ::6 reached the app"
+    );
+    assert!(counter(&dp, "drop_forged_passthrough") > 0);
+    assert_eq!(
+        counter(&dp, "bypassed"),
+        bypassed,
+        "the forged source was bypassed"
+    );
+
+    // Make-before-break: while the selection flips between "8080 only" and
+    // "all ports", a client hammering 8080 is steered every single time.
+    let only_8080 = PortSelection::Only([8080].into());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let dst = SocketAddr::new(pod_ip.into(), 8080);
+    let attempts = std::thread::scope(|s| {
+        let hammer = s.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(c) = connect(&client, dst, short) {
+                    drop(c);
+                    n += 1;
+                }
+                while accept(&verifier4, Duration::ZERO).is_some() {}
+            }
+            n
+        });
+        for i in 0..200 {
+            enrol(
+                &mut dp,
+                if i % 2 == 0 {
+                    &only_8080
+                } else {
+                    &all_but_9090
+                },
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        hammer.join().unwrap()
+    });
+    assert!(
+        attempts > 10,
+        "only {attempts} connections during the flips"
+    );
+    assert_eq!(
+        accept(&app, Duration::from_millis(100)),
+        None,
+        "a connection slipped through while re-enrolling"
+    );
+
+    dp.unenrol("test/pod").expect("unenrol");
+    drop(dp);
+    assert_no_leftover_pins(&bpffs.path());
+}
+
+fn enrol_v4(
+    dp: &mut Datapath,
+    pod: &NetNs,
+    ip: Ipv4Addr,
+    ports: &PortSelection,
+    listener: &TcpListener,
+    fail_open: bool,
+) -> anyhow::Result<u32> {
+    dp.enrol(
+        "test/pod",
+        &ns_file(pod),
+        &Steering {
+            ips: &[IpAddr::V4(ip)],
+            ports,
+            fail_open,
+        },
+        Listeners {
+            v4: Some(listener.as_fd()),
+            v6: None,
+        },
+    )
 }
 
 fn assert_no_leftover_pins(root: &Path) {

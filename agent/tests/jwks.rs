@@ -1,6 +1,8 @@
 //! JWKS lifecycle against real local servers (loopback only): http and https
-//! (rustls with a CA made at test time), the rule's timeout, 404, rotation
-//! with the token cache, and the rate-limited re-fetch on an unknown kid.
+//! (rustls with a CA made at test time), the rule's timeout and its cap,
+//! 404, rotation with the token cache, the rate-limited re-fetch on an
+//! unknown kid, refused restricted addresses, bounds on keys and bytes, and
+//! concurrent fetching.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,15 @@ use jwtgate::sources::jwks::{JwksOptions, JwksStore};
 
 const NOW: u64 = 1_700_000_000;
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options that let a jwksUri reach loopback, where the test servers are
+/// (refused by default, like every node-local address).
+fn loopback() -> JwksOptions {
+    JwksOptions {
+        allow: vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
+        ..JwksOptions::default()
+    }
+}
 
 /// What the test server answers.
 #[derive(Clone)]
@@ -190,7 +201,7 @@ fn verify(store: &JwksStore, uri: &str, token: &str, cache: &TokenCache) -> Resu
 async fn jwt_rule_timeout_bounds_the_fetch_and_keeps_the_last_good_set() {
     let a = Signer::new("a");
     let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
-    let store = JwksStore::default();
+    let store = JwksStore::new(loopback(), None).unwrap();
     let uri = server.uri("http");
     assert_eq!(store.refresh(&uri, TIMEOUT).await.unwrap(), 1);
     server.set(Answer::Hang);
@@ -209,7 +220,7 @@ async fn jwt_rule_timeout_bounds_the_fetch_and_keeps_the_last_good_set() {
 async fn jwks_404_and_bad_documents_keep_the_last_good_set() {
     let a = Signer::new("a");
     let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
-    let store = JwksStore::default();
+    let store = JwksStore::new(loopback(), None).unwrap();
     let uri = server.uri("http");
     store.refresh(&uri, TIMEOUT).await.unwrap();
     let generation = store.jwks(&uri).unwrap().generation();
@@ -224,7 +235,7 @@ async fn jwks_404_and_bad_documents_keep_the_last_good_set() {
         assert_eq!(store.jwks(&uri).unwrap().generation(), generation);
     }
     // Never fetched: no keys at all (tokens are rejected, §2.7).
-    let store = JwksStore::default();
+    let store = JwksStore::new(loopback(), None).unwrap();
     server.set(Answer::Status(404));
     store.refresh(&uri, TIMEOUT).await.unwrap_err();
     assert!(!store.contains(&uri));
@@ -235,7 +246,7 @@ async fn rotation_drops_cached_tokens_of_removed_keys() {
     let (a, b) = (Signer::new("a"), Signer::new("b"));
     let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
     let cache = Arc::new(TokenCache::new(CacheConfig::default()));
-    let store = JwksStore::new(JwksOptions::default(), Some(cache.clone())).unwrap();
+    let store = JwksStore::new(loopback(), Some(cache.clone())).unwrap();
     let uri = server.uri("http");
     store.refresh(&uri, TIMEOUT).await.unwrap();
     let (ta, tb) = (a.token(), b.token());
@@ -266,7 +277,7 @@ async fn unknown_kid_refetches_once_then_is_rate_limited() {
     let (a, b, c) = (Signer::new("a"), Signer::new("b"), Signer::new("c"));
     let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
     let cache = TokenCache::new(CacheConfig::default());
-    let store = JwksStore::new(JwksOptions::default(), None).unwrap();
+    let store = JwksStore::new(loopback(), None).unwrap();
     let uri = server.uri("http");
     let rules = [rule(&uri, TIMEOUT)];
     store.refresh(&uri, TIMEOUT).await.unwrap();
@@ -296,7 +307,7 @@ async fn unknown_kid_refetches_once_then_is_rate_limited() {
     let off = JwksStore::new(
         JwksOptions {
             refetch_on_unknown_kid: false,
-            ..JwksOptions::default()
+            ..loopback()
         },
         None,
     )
@@ -308,7 +319,7 @@ async fn unknown_kid_refetches_once_then_is_rate_limited() {
     let eager = JwksStore::new(
         JwksOptions {
             refetch_min_interval: Duration::ZERO,
-            ..JwksOptions::default()
+            ..loopback()
         },
         None,
     )
@@ -353,7 +364,7 @@ async fn https_jwks_uri_needs_a_trusted_ca() {
     let uri = server.uri("https");
 
     // System roots only: our test CA is unknown, the handshake fails.
-    let store = JwksStore::new(JwksOptions::default(), None).unwrap();
+    let store = JwksStore::new(loopback(), None).unwrap();
     let err = store.refresh(&uri, TIMEOUT).await.unwrap_err();
     assert!(format!("{err:#}").contains("TLS"), "{err:#}");
     assert!(!store.contains(&uri));
@@ -365,7 +376,7 @@ async fn https_jwks_uri_needs_a_trusted_ca() {
     let store = JwksStore::new(
         JwksOptions {
             ca_file: Some(ca_file),
-            ..JwksOptions::default()
+            ..loopback()
         },
         None,
     )
@@ -380,7 +391,7 @@ async fn https_jwks_uri_needs_a_trusted_ca() {
     let err = JwksStore::new(
         JwksOptions {
             ca_file: Some(bad),
-            ..JwksOptions::default()
+            ..loopback()
         },
         None,
     )
@@ -401,7 +412,7 @@ async fn keep_fresh_reports_every_fetch_outcome() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}/jwks", l.local_addr().unwrap().port())
     };
-    let store = Arc::new(JwksStore::default());
+    let store = Arc::new(JwksStore::new(loopback(), None).unwrap());
     let (_uris_tx, uris_rx) =
         watch::channel(vec![(good.clone(), TIMEOUT), (closed.clone(), TIMEOUT)]);
     let (done_tx, _done_rx) = watch::channel(false);
@@ -449,5 +460,191 @@ async fn keep_fresh_reports_every_fetch_outcome() {
             break;
         }
     }
+    task.abort();
+}
+
+#[tokio::test]
+async fn restricted_addresses_are_refused_without_a_connection() {
+    let a = Signer::new("a");
+    let server = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    let strict = JwksStore::new(JwksOptions::default(), None).unwrap();
+    let by_name = format!("http://localhost:{}/jwks", server.port);
+    for (uri, says) in [
+        (server.uri("http"), "127.0.0.1 is a loopback address"),
+        // A host name is resolved first and its addresses checked.
+        (by_name.clone(), "localhost resolves to"),
+        // Cloud metadata: refused at once, nothing is sent.
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "link-local",
+        ),
+        ("http://[fe80::1]:8080/jwks".to_string(), "link-local"),
+        ("http://100.100.100.200/jwks".to_string(), "metadata"),
+        ("http://0.0.0.0:1/jwks".to_string(), "unspecified"),
+    ] {
+        let started = Instant::now();
+        let err = strict.refresh(&uri, TIMEOUT).await.unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(says) && err.contains("refused"),
+            "{uri}: {err}"
+        );
+        assert!(err.contains("--jwks-allow-cidr"), "names the flag: {err}");
+        assert!(started.elapsed() < TIMEOUT, "{uri} was not refused at once");
+        assert!(!strict.contains(&uri));
+    }
+    assert_eq!(server.hits(), 0, "no request reached the server");
+
+    // The node's own (non-loopback) addresses are refused too.
+    let node = jwtgate::addrs::node_addresses().unwrap();
+    if let Some(own) = node.iter().find(|ip| !ip.is_loopback()) {
+        let host = match own {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let err = strict
+            .refresh(&format!("http://{host}:1/jwks"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("node's own"), "{err:#}");
+    }
+
+    // --jwks-allow-cidr opens exactly what it names.
+    let allowed = JwksStore::new(loopback(), None).unwrap();
+    assert_eq!(
+        allowed.refresh(&server.uri("http"), TIMEOUT).await.unwrap(),
+        1
+    );
+    assert_eq!(allowed.refresh(&by_name, TIMEOUT).await.unwrap(), 1);
+    let err = allowed
+        .refresh("http://169.254.169.254/latest/meta-data/", TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("link-local"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_rule_timeout_is_capped() {
+    let server = Server::start(Answer::Hang, None).await;
+    let store = JwksStore::new(
+        JwksOptions {
+            max_timeout: Duration::from_millis(300),
+            ..loopback()
+        },
+        None,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = store
+        .refresh(&server.uri("http"), Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no answer within 300ms"),
+        "{err:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn oversized_key_sets_are_refused_and_the_store_is_bounded() {
+    use jwtgate::sources::jwks::{MAX_JWKS_KEYS, MAX_JWKS_TOTAL_BYTES};
+    let signers: Vec<Signer> = (0..=MAX_JWKS_KEYS)
+        .map(|i| Signer::new(&format!("k{i}")))
+        .collect();
+    let server = Server::start(Answer::Json(jwks(&[&signers[0]])), None).await;
+    let store = JwksStore::new(loopback(), None).unwrap();
+    let uri = server.uri("http");
+    store.refresh(&uri, TIMEOUT).await.unwrap();
+    let all: Vec<&Signer> = signers.iter().collect();
+    server.set(Answer::Json(jwks(&all)));
+    let err = store.refresh(&uri, TIMEOUT).await.unwrap_err();
+    assert!(format!("{err:#}").contains("more than the 100"), "{err:#}");
+    assert_eq!(
+        store.jwks(&uri).unwrap().len(),
+        1,
+        "the last good set stays"
+    );
+
+    // Documents just under the 1 MiB fetch cap: the store takes as many as
+    // fit in its total, then refuses the next URI and keeps the others.
+    let pad = "x".repeat(1000 * 1024);
+    let big = format!(r#"{{"pad":"{pad}","keys":[{}]}}"#, signers[0].jwk());
+    server.set(Answer::Json(big));
+    let store = JwksStore::new(loopback(), None).unwrap();
+    let mut refused = None;
+    for i in 0..40 {
+        let uri = format!("{}?n={i}", server.uri("http"));
+        if let Err(err) = store.refresh(&uri, TIMEOUT).await {
+            refused = Some((i, format!("{err:#}")));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("the store refused a document");
+    assert!(err.contains("past"), "{err}");
+    let size = store.size();
+    assert_eq!(size.documents, n);
+    assert!(size.bytes <= MAX_JWKS_TOTAL_BYTES && size.bytes > MAX_JWKS_TOTAL_BYTES / 2);
+}
+
+#[tokio::test]
+async fn a_slow_uri_delays_no_other_and_readiness_waits_only_for_the_cap() {
+    use jwtgate::sources::jwks::keep_fresh;
+    use tokio::sync::watch;
+
+    let a = Signer::new("a");
+    let hang = Server::start(Answer::Hang, None).await;
+    let good = Server::start(Answer::Json(jwks(&[&a])), None).await;
+    // `http://127…` sorts before `http://localhost…`: a loop fetching in
+    // order would wait for the hanging URI first.
+    let slow_uri = hang.uri("http");
+    let good_uri = format!("http://localhost:{}/jwks", good.port);
+    assert!(slow_uri < good_uri);
+    let cap = Duration::from_secs(3);
+    let store = Arc::new(
+        JwksStore::new(
+            JwksOptions {
+                max_timeout: cap,
+                ..loopback()
+            },
+            None,
+        )
+        .unwrap(),
+    );
+    let (_uris_tx, uris_rx) = watch::channel(vec![
+        (slow_uri.clone(), Duration::from_secs(3600)),
+        (good_uri.clone(), TIMEOUT),
+    ]);
+    let (done_tx, mut done_rx) = watch::channel(false);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(keep_fresh(
+        store.clone(),
+        uris_rx,
+        Duration::from_secs(600),
+        done_tx,
+        None,
+        stop_rx,
+    ));
+    // The good URI's keys arrive while the slow one is still in flight.
+    while !store.contains(&good_uri) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "good URI never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !*done_rx.borrow(),
+        "the slow URI's first try cannot have ended yet"
+    );
+    // Readiness comes once the slow try ends, bounded by the cap, not by
+    // the rule's hour.
+    tokio::time::timeout(Duration::from_secs(10), done_rx.wait_for(|d| *d))
+        .await
+        .expect("done within the cap")
+        .unwrap();
+    assert!(started.elapsed() >= cap - Duration::from_millis(100));
+    assert!(!store.contains(&slow_uri));
     task.abort();
 }

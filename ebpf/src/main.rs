@@ -1,10 +1,12 @@
 //! Kernel side of jwtgate: one object with two programs.
 //!
 //! * `steer` (`sk_lookup`, one link per enrolled pod netns): assigns new TCP
-//!   connections to `<pod IP>:<mesh port>` to the verifier listener that the
+//!   connections to `<pod IP>:<port>` (every port unless excluded, both
+//!   address families) to the verifier listener of that family that the
 //!   agent created inside the pod netns.
 //! * `guard` (`xdp`, on the pod interfaces inside the pod netns): drops
-//!   packets from banned sources and flows before the IP stack sees them.
+//!   packets from banned sources, source → workload pairs and flows before
+//!   the IP stack sees them.
 //!
 //! Map layouts live in `jwtgate-common`; every map is pinned by name so a
 //! restarted agent (and the `deny-source` CLI) reuses the same maps.
@@ -25,8 +27,10 @@ use aya_ebpf::{
     programs::{SkLookupContext, XdpContext},
 };
 use jwtgate_common::{
-    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, BYPASS_SRC_MAX,
-    DENY_FLOW_MAX, DENY_SRC_MAX, MESH_F_FAIL_OPEN, MESH_PORTS_MAX, PROTO_TCP, VERIFIER_SOCKS_MAX,
+    guard_stat, ipv4_mapped, steer_stat, DenyVal, FlowKey, MeshKey, MeshVal, PairKey,
+    BYPASS_SRC_MAX, DENY_FLOW_MAX, DENY_MANUAL_MAX, DENY_PAIR_MAX, DENY_SRC_MAX, LISTENER_KEY_V6,
+    MESH_F_EXCLUDED, MESH_F_FAIL_OPEN, MESH_PORTS_MAX, MESH_PORT_ANY, PROTO_TCP,
+    VERIFIER_SOCKS_MAX,
 };
 
 // Map names must equal the `MAP_*` constants in `jwtgate-common`: aya pins a
@@ -41,8 +45,19 @@ static VERIFIER_SOCKS: SockHash<u32> = SockHash::pinned(VERIFIER_SOCKS_MAX, 0);
 #[map]
 static BYPASS_SRC: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(BYPASS_SRC_MAX, 0);
 
+/// Operator bans (`jwtgate deny-source`): a plain hash, so nothing the agent
+/// does can evict them.
+#[map]
+static DENY_MANUAL: HashMap<[u8; 16], DenyVal> = HashMap::pinned(DENY_MANUAL_MAX, 0);
+
+/// Automatic source-wide bans (a source that failed towards several
+/// workloads). LRU: a flood of bans recycles the oldest automatic ones.
 #[map]
 static DENY_SRC: LruHashMap<[u8; 16], DenyVal> = LruHashMap::pinned(DENY_SRC_MAX, 0);
+
+/// Automatic bans scoped to one source → workload address pair.
+#[map]
+static DENY_PAIR: LruHashMap<PairKey, DenyVal> = LruHashMap::pinned(DENY_PAIR_MAX, 0);
 
 #[map]
 static DENY_FLOW: LruHashMap<FlowKey, DenyVal> = LruHashMap::pinned(DENY_FLOW_MAX, 0);
@@ -72,13 +87,34 @@ fn deny_active(val: &DenyVal) -> bool {
     val.expires_ns == 0 || val.expires_ns > unsafe { bpf_ktime_get_ns() }
 }
 
-/// Looks `src` up in `DENY_SRC`: `Some(true)` active ban, `Some(false)`
-/// expired entry, `None` no entry.
+/// Looks `src` up in `DENY_MANUAL`, then `DENY_SRC`: `Some(true)` active
+/// ban, `Some(false)` only expired entries, `None` no entry.
 #[inline(always)]
 fn src_denied(src: &[u8; 16]) -> Option<bool> {
-    // SAFETY: the value is copied out at once; an LRU entry being replaced
+    // SAFETY: values are copied out at once; an entry being replaced
     // concurrently can at worst yield a stale expiry, which is harmless.
-    let val = unsafe { DENY_SRC.get(src) }.copied()?;
+    let manual = unsafe { DENY_MANUAL.get(src) }.copied();
+    if let Some(val) = manual {
+        if deny_active(&val) {
+            return Some(true);
+        }
+    }
+    match unsafe { DENY_SRC.get(src) }.copied() {
+        Some(val) => Some(deny_active(&val)),
+        None => manual.map(|_| false),
+    }
+}
+
+/// Looks the pair `src → dst` up in `DENY_PAIR` (same answers as
+/// `src_denied`).
+#[inline(always)]
+fn pair_denied(src: &[u8; 16], dst: &[u8; 16]) -> Option<bool> {
+    let key = PairKey {
+        saddr: *src,
+        daddr: *dst,
+    };
+    // SAFETY: copied out at once (see `src_denied`).
+    let val = unsafe { DENY_PAIR.get(key) }.copied()?;
     Some(deny_active(&val))
 }
 
@@ -108,25 +144,29 @@ fn try_steer(ctx: &SkLookupContext) -> u32 {
     if protocol != PROTO_TCP as u32 {
         return sk_action::SK_PASS;
     }
-    let (local, remote) = match family {
+    let (local, remote, listener_key_bits) = match family {
         // Addresses in the context are in network order; `to_ne_bytes` on a
         // value loaded from memory gives back the bytes as they were stored.
         AF_INET => unsafe {
             (
                 ipv4_mapped(core::ptr::read_volatile(&(*l).local_ip4).to_ne_bytes()),
                 ipv4_mapped(core::ptr::read_volatile(&(*l).remote_ip4).to_ne_bytes()),
+                0,
             )
         },
         AF_INET6 => unsafe {
             (
                 ip6_bytes(&core::ptr::read_volatile(&(*l).local_ip6)),
                 ip6_bytes(&core::ptr::read_volatile(&(*l).remote_ip6)),
+                LISTENER_KEY_V6,
             )
         },
         _ => return sk_action::SK_PASS,
     };
 
-    let key = MeshKey {
+    // The port's own entry first (an explicitly listed or excluded port),
+    // then the address's wildcard entry (every other port).
+    let mut key = MeshKey {
         addr: local,
         // local_port is host order and at most 65535.
         port: local_port as u16,
@@ -134,30 +174,50 @@ fn try_steer(ctx: &SkLookupContext) -> u32 {
         _pad: 0,
     };
     // SAFETY: copied out immediately (see `src_denied`).
-    let Some(mesh) = (unsafe { MESH_PORTS.get(key) }).copied() else {
-        return sk_action::SK_PASS;
+    let mesh = match unsafe { MESH_PORTS.get(key) }.copied() {
+        Some(mesh) => mesh,
+        None => {
+            key.port = MESH_PORT_ANY;
+            match unsafe { MESH_PORTS.get(key) }.copied() {
+                Some(mesh) => mesh,
+                None => return sk_action::SK_PASS,
+            }
+        }
     };
+    if mesh.flags & MESH_F_EXCLUDED != 0 {
+        count(&STEER_STATS, steer_stat::EXCLUDED);
+        return sk_action::SK_PASS;
+    }
     count(&STEER_STATS, steer_stat::MESH_HIT);
 
-    // The verifier's own upstream connection to the app (source 127.0.0.6,
-    // Istio's inbound passthrough address) and configured probe sources must
-    // reach the application's listener, or every proxied request would loop
-    // back into the verifier.
-    let bypass_key = Key::new(128, remote);
-    if BYPASS_SRC.get(&bypass_key).is_some() {
+    // The verifier's own upstream connection to the app (source 127.0.0.6 /
+    // ::6, Istio's inbound passthrough addresses) must reach the
+    // application's listener, or every proxied request would loop back into
+    // the verifier. The source address alone would prove nothing, so it
+    // counts only because nobody outside the pod can use it:
+    // * `guard` drops every packet with a passthrough source on the pod's
+    //   interfaces, before the stack sees it (and the kernel drops 127/8
+    //   sources from outside as martians anyway);
+    // * both addresses live on the pod's own loopback (127/8 by nature, ::6
+    //   added at enrolment), so a reply to them never leaves the pod: even
+    //   a SYN that got past XDP could never complete a handshake.
+    // `ingress_ifindex` cannot say "from inside the pod": for a local
+    // destination the kernel reports the device owning that address, for
+    // outside and inside senders alike (measured on 6.18).
+    if BYPASS_SRC.get(&Key::new(128, remote)).is_some() {
         count(&STEER_STATS, steer_stat::BYPASSED);
         return sk_action::SK_PASS;
     }
 
     // Second line of defence for bans: XDP drops the SYN silently, but where
     // XDP could not be attached this still refuses the connection (RST).
-    if src_denied(&remote) == Some(true) {
+    if src_denied(&remote) == Some(true) || pair_denied(&remote, &local) == Some(true) {
         count(&STEER_STATS, steer_stat::DENY_SRC_DROP);
         return sk_action::SK_DROP;
     }
 
-    let listener_id = mesh.listener_id;
-    match VERIFIER_SOCKS.redirect_sk_lookup(ctx, listener_id, 0) {
+    let listener_key = mesh.listener_id | listener_key_bits;
+    match VERIFIER_SOCKS.redirect_sk_lookup(ctx, listener_key, 0) {
         Ok(()) => {
             count(&STEER_STATS, steer_stat::STEERED);
             sk_action::SK_PASS
@@ -320,10 +380,26 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, Truncated> {
         _ => return Ok(xdp_action::XDP_PASS),
     }
 
-    // Source bans first: they need no L4 header and cover every protocol.
+    // A passthrough source (127.0.0.6, ::6) is only ever used inside the
+    // pod, over its loopback: arriving on an interface, it is forged.
+    if BYPASS_SRC.get(&Key::new(128, flow.saddr)).is_some() {
+        count(&GUARD_STATS, guard_stat::DROP_FORGED_PASSTHROUGH);
+        return Ok(xdp_action::XDP_DROP);
+    }
+
+    // Source and pair bans first: they need no L4 header and cover every
+    // protocol.
     match src_denied(&flow.saddr) {
         Some(true) => {
             count(&GUARD_STATS, guard_stat::DROP_SRC);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Some(false) => count(&GUARD_STATS, guard_stat::EXPIRED),
+        None => {}
+    }
+    match pair_denied(&flow.saddr, &flow.daddr) {
+        Some(true) => {
+            count(&GUARD_STATS, guard_stat::DROP_PAIR);
             return Ok(xdp_action::XDP_DROP);
         }
         Some(false) => count(&GUARD_STATS, guard_stat::EXPIRED),

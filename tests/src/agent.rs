@@ -82,7 +82,13 @@ pub struct Workload {
     pub namespace: String,
     pub labels: Vec<(String, String)>,
     pub netns: PathBuf,
-    pub ports: Vec<u16>,
+    /// `None`: every port (`ports: all`).
+    pub ports: Option<Vec<u16>>,
+    pub exclude_ports: Vec<u16>,
+    /// Port → protocol name.
+    pub protocols: Vec<(u16, String)>,
+    /// (port, Some(path)) HTTP probe, (port, None) TCP probe.
+    pub probes: Vec<(u16, Option<String>)>,
     pub fail_open: bool,
     pub ips: Vec<IpAddr>,
 }
@@ -98,13 +104,46 @@ pub fn workloads_yaml(workloads: &[Workload]) -> String {
             .iter()
             .map(|(k, v)| format!("{}: {}", q(k), q(v)))
             .collect();
-        let ports: Vec<String> = w.ports.iter().map(u16::to_string).collect();
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let ips: Vec<String> = w.ips.iter().map(|ip| q(&ip.to_string())).collect();
         let _ = writeln!(y, "- name: {}", q(&w.name));
         let _ = writeln!(y, "  namespace: {}", q(&w.namespace));
         let _ = writeln!(y, "  labels: {{{}}}", labels.join(", "));
         let _ = writeln!(y, "  netns: {}", q(&w.netns.to_string_lossy()));
-        let _ = writeln!(y, "  ports: [{}]", ports.join(", "));
+        match &w.ports {
+            Some(ports) => {
+                let _ = writeln!(y, "  ports: [{}]", list(ports));
+            }
+            None => {
+                let _ = writeln!(y, "  ports: all");
+            }
+        }
+        if !w.exclude_ports.is_empty() {
+            let _ = writeln!(y, "  excludePorts: [{}]", list(&w.exclude_ports));
+        }
+        if !w.protocols.is_empty() {
+            let protocols: Vec<String> = w
+                .protocols
+                .iter()
+                .map(|(p, n)| format!("{p}: {}", q(n)))
+                .collect();
+            let _ = writeln!(y, "  protocols: {{{}}}", protocols.join(", "));
+        }
+        if !w.probes.is_empty() {
+            let _ = writeln!(y, "  probes:");
+            for (port, path) in &w.probes {
+                let _ = match path {
+                    Some(path) => writeln!(y, "  - {{port: {port}, path: {}}}", q(path)),
+                    None => writeln!(y, "  - {{port: {port}, type: tcp}}"),
+                };
+            }
+        }
         let _ = writeln!(y, "  failOpen: {}", w.fail_open);
         if !ips.is_empty() {
             let _ = writeln!(y, "  ips: [{}]", ips.join(", "));
@@ -133,9 +172,16 @@ pub fn agent_args(files: &AgentFiles, metrics: SocketAddr, opts: &AgentOptions) 
     if let Some(ns) = &opts.root_namespace {
         args.extend(["--root-namespace".into(), ns.into()]);
     }
+    if !opts.strict_jwks_addresses {
+        args.extend(JWKS_ON_LOOPBACK.map(OsString::from));
+    }
     args.extend(opts.extra_args.iter().map(OsString::from));
     args
 }
+
+/// The test bed's JWKS server (nginx) listens on the host's loopback, which
+/// the agent refuses to fetch from by default: these flags allow it.
+pub const JWKS_ON_LOOPBACK: [&str; 2] = ["--jwks-allow-cidr", "127.0.0.0/8"];
 
 /// Flags of `jwtgate agent` beyond the files the test node writes.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +190,8 @@ pub struct AgentOptions {
     pub fail_open: bool,
     pub root_namespace: Option<String>,
     pub extra_args: Vec<String>,
+    /// Leave out [`JWKS_ON_LOOPBACK`]: the agent's default address checks.
+    pub strict_jwks_addresses: bool,
     /// Extra environment, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
 }
@@ -325,7 +373,10 @@ mod tests {
             namespace: "foo".into(),
             labels: vec![("app".into(), "productpage".into())],
             netns: "/var/run/netns/jg-x".into(),
-            ports: vec![9080, 9081],
+            ports: Some(vec![9080, 9081]),
+            exclude_ports: vec![],
+            protocols: vec![],
+            probes: vec![],
             fail_open: false,
             ips: vec!["10.248.1.2".parse().unwrap()],
         }]);
@@ -333,5 +384,18 @@ mod tests {
             y,
             "workloads:\n- name: \"productpage\"\n  namespace: \"foo\"\n  labels: {\"app\": \"productpage\"}\n  netns: \"/var/run/netns/jg-x\"\n  ports: [9080, 9081]\n  failOpen: false\n  ips: [\"10.248.1.2\"]\n"
         );
+        let y = workloads_yaml(&[Workload {
+            name: "db".into(),
+            namespace: "foo".into(),
+            labels: vec![],
+            netns: "/n".into(),
+            ports: None,
+            exclude_ports: vec![22],
+            protocols: vec![(3306, "mysql".into())],
+            probes: vec![(8080, Some("/healthz".into())), (3306, None)],
+            fail_open: false,
+            ips: vec![],
+        }]);
+        assert!(y.contains("  ports: all\n  excludePorts: [22]\n  protocols: {3306: \"mysql\"}\n  probes:\n  - {port: 8080, path: \"/healthz\"}\n  - {port: 3306, type: tcp}\n"), "{y}");
     }
 }

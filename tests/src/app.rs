@@ -47,23 +47,23 @@ pub struct EchoApp {
 }
 
 impl EchoApp {
-    /// Binds `0.0.0.0:<port>` for every port inside the namespace at `netns`; ready
-    /// (listening) when this returns.
+    /// Binds `[::]:<port>` (both families) for every port inside the namespace at
+    /// `netns`; ready (listening) when this returns.
     pub fn start(netns: &Path, name: &str, ports: &[u16]) -> Result<Self> {
         let ports = ports.to_vec();
         // Listeners are created inside the pod netns; the accept threads can then run
         // anywhere because a socket stays in the namespace it was created in.
-        let listeners = crate::netns::run_in(netns, move || {
-            ports
-                .iter()
-                .map(|p| {
-                    let l = TcpListener::bind(("0.0.0.0", *p))
-                        .with_context(|| format!("binding the echo app to port {p}"))?;
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                })
-                .collect::<Result<Vec<_>>>()
-        })??;
+        let listeners = crate::netns::run_in(netns, move || bind_all(&ports))??;
+        Self::serve(listeners, name)
+    }
+
+    /// Like [`EchoApp::start`], in the caller's own network namespace: the app
+    /// of a real pod (`jwtgate-testpod`), which has no right to `setns`.
+    pub fn start_here(name: &str, ports: &[u16]) -> Result<Self> {
+        Self::serve(bind_all(ports)?, name)
+    }
+
+    fn serve(listeners: Vec<TcpListener>, name: &str) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let threads = listeners
@@ -109,6 +109,20 @@ impl Drop for EchoApp {
     }
 }
 
+fn bind_all(ports: &[u16]) -> Result<Vec<TcpListener>> {
+    ports
+        .iter()
+        .map(|p| {
+            // Both families where the namespace has IPv6, else IPv4 alone.
+            let l = TcpListener::bind(("::", *p))
+                .or_else(|_| TcpListener::bind(("0.0.0.0", *p)))
+                .with_context(|| format!("binding the echo app to port {p}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect()
+}
+
 fn accept_loop(l: TcpListener, name: &str, stop: &AtomicBool, seen: &Mutex<Vec<SeenRequest>>) {
     std::thread::scope(|s| {
         while !stop.load(Ordering::SeqCst) {
@@ -147,7 +161,9 @@ fn serve(
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    let local = stream.local_addr()?;
+    // IPv4 clients of the dual-stack socket, in their IPv4 spelling.
+    let local = canonical_addr(stream.local_addr()?);
+    let peer = canonical_addr(peer);
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -235,6 +251,10 @@ fn canonical(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 #[cfg(test)]

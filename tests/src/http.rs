@@ -99,6 +99,11 @@ impl Request {
         self
     }
 
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = method.into();
+        self
+    }
+
     /// `Authorization: Bearer <token>` when a token is given.
     pub fn bearer(self, token: Option<&str>) -> Self {
         match token {

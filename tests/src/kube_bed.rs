@@ -15,14 +15,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{binary, workspace_root};
 use crate::apiserver::{require_binaries, ApiServer};
+use crate::sandbox::Sandbox;
 use crate::topology::{Client, PodHandle, PodSpec, TestNode};
 use crate::Response;
 
 /// How long a change may take to show in the answers (the goal is < 1 s).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The test bed. Fields drop in order: node (agent first), then the servers.
+/// The test bed. Fields drop in order: the pods' sandbox processes, the node
+/// (agent first), then the servers.
 pub struct KubeBed {
+    sandboxes: Vec<Sandbox>,
     pub node: TestNode,
     pub api: ApiServer,
     pub client: Client,
@@ -41,20 +44,11 @@ impl KubeBed {
         };
         let mut node = TestNode::new(tag)?;
         let api = ApiServer::start(bins, &node.dir().join("k8s"))?;
-        let deploy = workspace_root().join("deploy");
-        for file in [
-            "istio-crds/requestauthentications.security.istio.io.yaml",
-            "istio-crds/authorizationpolicies.security.istio.io.yaml",
-            "namespace.yaml",
-            "rbac.yaml",
-        ] {
-            api.apply(&read(&deploy.join(file))?)
-                .with_context(|| format!("applying deploy/{file}"))?;
-        }
-        wait_served(&api)?;
+        install_deploy(&api)?;
         let client = node.add_client("client")?;
         let node_name = format!("{}-node", node.prefix());
         Ok(Some(KubeBed {
+            sandboxes: Vec::new(),
             node,
             api,
             client,
@@ -73,11 +67,48 @@ impl KubeBed {
         self.apply_pod(&pod, &pod.spec.labels)?;
         self.api
             .set_pod_ip(&pod.spec.namespace, &pod.spec.name, &pod.ip.to_string())?;
+        self.start_sandbox(&pod)?;
         Ok(pod)
+    }
+
+    /// A pod as a runtime has it at CNI ADD: the namespace with its address
+    /// and app, the Pod object scheduled on this node — but no IP in its
+    /// status yet and no sandbox process for the agent to find.
+    pub fn add_pod_before_cni(&mut self, spec: PodSpec) -> Result<PodHandle> {
+        let pod = self.node.add_pod(spec)?;
+        self.api.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+            pod.spec.namespace
+        ))?;
+        self.apply_pod(&pod, &pod.spec.labels)?;
+        Ok(pod)
+    }
+
+    /// The pod's "pause process": what the agent finds the pod's netns by.
+    /// Call again after re-creating the Pod object (a new UID).
+    pub fn start_sandbox(&mut self, pod: &PodHandle) -> Result<()> {
+        let uid = self.api.pod_uid(&pod.spec.namespace, &pod.spec.name)?;
+        let sandbox = Sandbox::start(&pod.netns, self.node.prefix(), &uid)?;
+        self.sandboxes.push(sandbox);
+        Ok(())
     }
 
     /// (Re)apply the Pod object with these labels.
     pub fn apply_pod(&self, pod: &PodHandle, labels: &[(String, String)]) -> Result<()> {
+        self.apply_pod_annotated(pod, labels, &[])
+    }
+
+    /// (Re)apply the Pod object with these labels and annotations.
+    pub fn apply_pod_annotated(
+        &self,
+        pod: &PodHandle,
+        labels: &[(String, String)],
+        annotations: &[(&str, &str)],
+    ) -> Result<()> {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone().into()))
@@ -90,7 +121,7 @@ impl KubeBed {
             .collect();
         let obj = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels},
+            "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": labels, "annotations": annotations},
             "spec": {"nodeName": self.node_name, "containers": [
                 {"name": "app", "image": "example.invalid/echo", "ports": ports}]}
         });
@@ -105,6 +136,11 @@ impl KubeBed {
     /// Start `jwtgate agent --kube` with the agent's kubeconfig; returns
     /// once /readyz is 200 (first full sync done, eBPF attached).
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with_args(&[])
+    }
+
+    /// `start_agent` with more flags.
+    pub fn start_agent_with_args(&mut self, extra: &[&str]) -> Result<()> {
         let bin = binary()?;
         let kubeconfig = self.api.agent_kubeconfig();
         let node_name = self.node_name.clone();
@@ -118,6 +154,8 @@ impl KubeBed {
                 .arg(&files.pin_root)
                 .arg("--metrics-addr")
                 .arg(metrics.to_string())
+                .args(crate::agent::JWKS_ON_LOOPBACK)
+                .args(extra)
                 .env("NODE_NAME", &node_name)
                 .env(
                     "RUST_LOG",
@@ -160,6 +198,22 @@ impl KubeBed {
             self.api.log()
         )
     }
+}
+
+/// What the agent needs from deploy/ in a fresh API server: the Istio CRDs
+/// (returns once they are served), the agent's namespace and its RBAC.
+pub fn install_deploy(api: &ApiServer) -> Result<()> {
+    let deploy = workspace_root().join("deploy");
+    for file in [
+        "istio-crds/requestauthentications.security.istio.io.yaml",
+        "istio-crds/authorizationpolicies.security.istio.io.yaml",
+        "namespace.yaml",
+        "rbac.yaml",
+    ] {
+        api.apply(&read(&deploy.join(file))?)
+            .with_context(|| format!("applying deploy/{file}"))?;
+    }
+    wait_served(api)
 }
 
 /// Served by the verifier (it forwards from 127.0.0.6)?

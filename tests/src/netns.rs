@@ -51,6 +51,13 @@ impl NetNs {
         run_ip(&full)
     }
 
+    /// `ip -n NAME ARGS`, returning what it prints.
+    pub fn ip_output(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip_output(&full)
+    }
+
     /// Runs `f` on a new thread that has joined this namespace, and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         run_in(&self.path(), f)
@@ -119,6 +126,23 @@ pub fn list() -> Vec<String> {
 }
 
 pub(crate) fn run_ip(args: &[&str]) -> Result<()> {
+    ip_output(args).map(|_| ())
+}
+
+/// `ip -n <name of the namespace at path> ARGS`, for namespaces the test
+/// bed owns (pods, clients) and a test adjusts.
+pub fn ip_in(path: &Path, args: &[&str]) -> Result<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} is not a named namespace", path.display()))?;
+    let mut full = vec!["-n", name];
+    full.extend_from_slice(args);
+    ip_output(&full)
+}
+
+/// `ip ARGS`, failing with its stderr; returns its stdout.
+pub(crate) fn ip_output(args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -130,5 +154,5 @@ pub(crate) fn run_ip(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

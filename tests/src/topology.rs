@@ -7,7 +7,7 @@
 //! their netns paths, nginx is on host loopback).
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +35,28 @@ pub struct PodSpec {
     /// Ports the app serves that the agent is not told about.
     pub plain_ports: Vec<u16>,
     pub fail_open: bool,
+    /// Address families of the pod.
+    pub family: Family,
+    /// `ports: all` in workloads.yaml (every port steered) instead of the
+    /// mesh port list.
+    pub all_ports: bool,
+    /// `excludePorts` in workloads.yaml.
+    pub exclude_ports: Vec<u16>,
+    /// `protocols` in workloads.yaml: port → protocol name.
+    pub protocols: Vec<(u16, String)>,
+    /// `probes` in workloads.yaml: (port, Some(path)) for HTTP, (port, None)
+    /// for TCP.
+    pub probes: Vec<(u16, Option<String>)>,
+}
+
+/// Which address families a pod has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    Dual,
+    /// IPv6 only: `PodHandle::ip` is allocated but not configured.
+    V6,
 }
 
 impl PodSpec {
@@ -47,7 +69,38 @@ impl PodSpec {
             mesh_ports: Vec::new(),
             plain_ports: Vec::new(),
             fail_open: false,
+            family: Family::V4,
+            all_ports: false,
+            exclude_ports: Vec::new(),
+            protocols: Vec::new(),
+            probes: Vec::new(),
         }
+    }
+    pub fn family(mut self, family: Family) -> Self {
+        self.family = family;
+        self
+    }
+    /// Every port steered (`ports: all`); mesh ports are still served.
+    pub fn all_ports(mut self) -> Self {
+        self.all_ports = true;
+        self
+    }
+    pub fn exclude_port(mut self, p: u16) -> Self {
+        self.exclude_ports.push(p);
+        self
+    }
+    pub fn protocol(mut self, port: u16, name: &str) -> Self {
+        self.protocols.push((port, name.into()));
+        self
+    }
+    /// An HTTP probe (`GET path` on `port`).
+    pub fn http_probe(mut self, port: u16, path: &str) -> Self {
+        self.probes.push((port, Some(path.into())));
+        self
+    }
+    pub fn tcp_probe(mut self, port: u16) -> Self {
+        self.probes.push((port, None));
+        self
     }
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = ns.into();
@@ -80,6 +133,8 @@ impl PodSpec {
 pub struct PodHandle {
     pub spec: PodSpec,
     pub ip: Ipv4Addr,
+    /// The IPv6 address of a dual-stack or IPv6-only pod.
+    pub ip6: Option<Ipv6Addr>,
     pub netns: PathBuf,
     index: usize,
 }
@@ -92,6 +147,19 @@ impl PodHandle {
     pub fn mesh_addr(&self) -> SocketAddr {
         self.addr(*self.spec.mesh_ports.first().expect("pod has no mesh port"))
     }
+    /// `[ip6]:port`; panics for an IPv4-only pod.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip6.expect("pod has no IPv6 address").into(), port)
+    }
+    /// The addresses the pod has, as workloads.yaml lists them.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut ips = Vec::new();
+        if self.spec.family != Family::V6 {
+            ips.push(IpAddr::V4(self.ip));
+        }
+        ips.extend(self.ip6.map(IpAddr::V6));
+        ips
+    }
 }
 
 /// A client netns. Connections are made from inside it; the returned sockets can be
@@ -100,6 +168,7 @@ impl PodHandle {
 pub struct Client {
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub netns: PathBuf,
 }
 
@@ -203,8 +272,9 @@ impl TestNode {
         format!("{a}.{b}.{c}.0/24")
     }
 
-    /// Creates a netns, plugs it into the bridge and gives it the next address.
-    fn attach(&mut self, name: &str) -> Result<(NetNs, Ipv4Addr)> {
+    /// Creates a netns, plugs it into the bridge and gives it the next
+    /// addresses of the families asked for (both are allocated either way).
+    fn attach(&mut self, name: &str, family: Family) -> Result<(NetNs, Ipv4Addr, Ipv6Addr)> {
         if self.next_host >= 250 {
             bail!("a TestNode has room for 249 namespaces");
         }
@@ -212,6 +282,16 @@ impl TestNode {
         self.next_host += 1;
         let [a, b, c] = self.subnet;
         let ip = Ipv4Addr::new(a, b, c, host);
+        let ip6 = Ipv6Addr::new(
+            0xfd6a,
+            u16::from(b),
+            u16::from(c),
+            0,
+            0,
+            0,
+            0,
+            u16::from(host),
+        );
         let ns = NetNs::create(&format!("{}-{name}", self.prefix))?;
         let node = self.node_ns.as_ref().context("node netns missing")?;
         let node_if = format!("v{host}");
@@ -229,14 +309,31 @@ impl TestNode {
         ])?;
         self.node_ifs.push(node_if.clone());
         node.ip(&["link", "set", &node_if, "master", BRIDGE, "up"])?;
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        if family != Family::V6 {
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        }
+        if family != Family::V4 {
+            // No duplicate address detection: the bed's addresses are unique.
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
         ns.ip(&["link", "set", "eth0", "up"])?;
-        Ok((ns, ip))
+        if family != Family::V4 {
+            wait_for_v6_route(&ns, ip6)?;
+        }
+        Ok((ns, ip, ip6))
     }
 
     /// Adds a pod netns with its echo app listening on all its ports.
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<PodHandle> {
-        let (ns, ip) = self.attach(&spec.name)?;
+        let (ns, ip, ip6) = self.attach(&spec.name, spec.family)?;
         let ports: Vec<u16> = spec
             .mesh_ports
             .iter()
@@ -245,6 +342,7 @@ impl TestNode {
             .collect();
         let app = EchoApp::start(&ns.path(), &spec.name, &ports)?;
         let handle = PodHandle {
+            ip6: (spec.family != Family::V4).then_some(ip6),
             spec,
             ip,
             netns: ns.path(),
@@ -260,10 +358,11 @@ impl TestNode {
 
     /// Adds a client netns.
     pub fn add_client(&mut self, name: &str) -> Result<Client> {
-        let (ns, ip) = self.attach(name)?;
+        let (ns, ip, ip6) = self.attach(name, Family::Dual)?;
         let c = Client {
             name: name.into(),
             ip,
+            ip6,
             netns: ns.path(),
         };
         self.clients.push(ns);
@@ -308,14 +407,20 @@ impl TestNode {
     pub fn workloads(&self) -> Vec<Workload> {
         self.pods
             .iter()
-            .map(|p| Workload {
-                name: p.handle.spec.name.clone(),
-                namespace: p.handle.spec.namespace.clone(),
-                labels: p.handle.spec.labels.clone(),
-                netns: p.handle.netns.clone(),
-                ports: p.handle.spec.mesh_ports.clone(),
-                fail_open: p.handle.spec.fail_open,
-                ips: vec![IpAddr::V4(p.handle.ip)],
+            .map(|p| {
+                let spec = &p.handle.spec;
+                Workload {
+                    name: spec.name.clone(),
+                    namespace: spec.namespace.clone(),
+                    labels: spec.labels.clone(),
+                    netns: p.handle.netns.clone(),
+                    ports: (!spec.all_ports).then(|| spec.mesh_ports.clone()),
+                    exclude_ports: spec.exclude_ports.clone(),
+                    protocols: spec.protocols.clone(),
+                    probes: spec.probes.clone(),
+                    fail_open: spec.fail_open,
+                    ips: p.handle.ips(),
+                }
             })
             .collect()
     }
@@ -360,6 +465,24 @@ impl TestNode {
             crate::agent::workloads_yaml(&self.workloads()),
         )?;
         Ok(files)
+    }
+
+    /// A second agent on the same files and pin root while the first still
+    /// runs (a surge upgrade); returns once it is ready. Its log is
+    /// `<prefix>.agent2.log`. Hand it over with [`TestNode::replace_agent`].
+    pub fn start_successor(&self, opts: &AgentOptions) -> Result<Agent> {
+        let mut files = self.agent_files();
+        files.log = crate::agent::logs_dir().join(format!("{}.agent2.log", self.prefix));
+        Agent::start(&files, opts)
+    }
+
+    /// Make `agent` the node's agent (after the previous one stopped).
+    pub fn replace_agent(&mut self, agent: Agent) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the previous agent is still running; stop_agent() first");
+        }
+        self.agent = Some(agent);
+        Ok(())
     }
 
     /// Waits (bounded) for an agent stopped from outside to exit; see [`Agent::wait_exit`].
@@ -466,6 +589,33 @@ impl Drop for TestNode {
                 panic!("{e:#}");
             }
         }
+    }
+}
+
+/// IPv6 routes appear once the veth has carrier; until then a SYN-ACK has
+/// no way back. Wait (bounded) for the /64.
+fn wait_for_v6_route(ns: &NetNs, ip6: Ipv6Addr) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let routes = ns
+            .ip_output(&["-6", "route", "show", "dev", "eth0"])
+            .unwrap_or_default();
+        let prefix = format!(
+            "{:x}:{:x}:{:x}::/64",
+            ip6.segments()[0],
+            ip6.segments()[1],
+            ip6.segments()[2]
+        );
+        if routes.contains(&prefix) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no IPv6 route {prefix} in {} after 5 s: {routes}",
+                ns.name()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -142,11 +142,20 @@ fn teardown_removes_namespaces_and_bpffs() -> Result<()> {
 #[test]
 fn cleanup_leftovers_removes_stray_jg_namespaces() -> Result<()> {
     privileged!();
-    let name = format!("jg-leftover-{}", std::process::id());
+    // Named after a process that has exited, as if it had been killed.
+    let mut gone = std::process::Command::new("true").spawn()?;
+    gone.wait()?;
+    let name = format!("jg-leftover-{}", gone.id());
     let ns = netns::NetNs::create(&name)?;
-    std::mem::forget(ns); // as if the test process had been killed
+    std::mem::forget(ns);
+    // One of a process that still runs (this one) belongs to a live test.
+    let live = netns::NetNs::create(&format!("jg-live-{}", std::process::id()))?;
     let removed = jwtgate_e2e::cleanup_leftovers()?;
     assert!(removed.contains(&format!("netns {name}")), "{removed:?}");
     assert!(!netns::list().contains(&name));
+    assert!(
+        netns::list().contains(&live.name().to_string()),
+        "a live test's namespace was removed"
+    );
     Ok(())
 }

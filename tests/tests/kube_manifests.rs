@@ -21,11 +21,7 @@ fn validator() -> Option<PathBuf> {
     if cached.is_file() {
         return Some(cached);
     }
-    let msg = "SKIP: kubernetes-validate not installed; run `cargo xtask build-kube`";
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set, so this is a failure)");
-    }
-    eprintln!("\n======== {msg} ========\n");
+    jwtgate_e2e::skip("kubernetes-validate not installed; run `cargo xtask build-kube`");
     None
 }
 

@@ -101,6 +101,72 @@ fn kube_policy_created_changed_deleted() -> Result<()> {
     Ok(())
 }
 
+/// What folder mode does, with the real agent on the wire (the whole table
+/// is `source_parity.rs`): a dry-run policy is not enforced, and an update
+/// that Istio would refuse leaves the last good version in force — it used
+/// to drop the policy in this mode.
+#[test]
+fn kube_dry_run_and_a_broken_update_behave_as_in_folder_mode() -> Result<()> {
+    let Some(mut bed) = KubeBed::build("kube-lastgood")? else {
+        return Ok(());
+    };
+    let pod = bed.add_pod(web("web"))?;
+    let dry_run = |value: &str| {
+        deny_path("dry", "web", "/admin").replace(
+            &format!("namespace: {NS}}}"),
+            &format!("namespace: {NS}, annotations: {{istio.io/dry-run: '{value}'}}}}"),
+        )
+    };
+    bed.api.apply(&dry_run("true"))?;
+    bed.api.apply(&deny_path("no-other", "web", "/other"))?;
+    // Ready = the first full sync is in force.
+    bed.start_agent()?;
+    assert_eq!(bed.get(&pod, "/other", None)?.status, 403);
+    let r = bed.get(&pod, "/admin", None)?;
+    assert_eq!(r.status, 200, "a dry-run DENY must not be enforced");
+    assert!(proxied(&r), "the pod is steered (no-other selects it)");
+
+    // A CIDR Istio refuses: this version is reported and ignored.
+    let broken = deny_path("no-other", "web", "/else").replace(
+        "  - to:\n",
+        "  - from: [{source: {ipBlocks: ['10.0.0.0/33']}}]\n    to:\n",
+    );
+    bed.api.apply(&broken)?;
+    let start = std::time::Instant::now();
+    let notes = loop {
+        let notes = bed.api.event_notes(NS, "no-other")?;
+        if notes
+            .iter()
+            .any(|n| n.contains("last good version stays in force"))
+            || start.elapsed() > jwtgate_e2e::kube_bed::CHANGE_TIMEOUT
+        {
+            break notes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ipBlocks") && n.contains("last good version stays in force")),
+        "no InvalidPolicy Event keeping the last good version: {notes:?}\n{}",
+        bed.node.agent_log()
+    );
+    assert_eq!(
+        bed.get(&pod, "/other", None)?.status,
+        403,
+        "last good version"
+    );
+    assert_eq!(bed.get(&pod, "/else", None)?.status, 200);
+
+    // Dry-run switched off: enforced. A valid update replaces the kept one.
+    bed.api.apply(&dry_run("false"))?;
+    bed.eventually(&pod, "/admin", None, "dry-run off", |r| r.status == 403)?;
+    bed.api.apply(&deny_path("no-other", "web", "/else"))?;
+    bed.eventually(&pod, "/other", None, "fixed update", |r| r.status == 200)?;
+    assert_eq!(bed.get(&pod, "/else", None)?.status, 403);
+    Ok(())
+}
+
 #[test]
 fn kube_unfetchable_jwks_uri_is_reported_as_an_event() -> Result<()> {
     let Some(mut bed) = KubeBed::build("kube-jwks-event")? else {

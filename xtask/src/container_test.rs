@@ -20,6 +20,10 @@ use jwtgate_e2e::Outcome;
 use crate::daemonset::{self, PodRun};
 use crate::image;
 
+/// hostPath volumes of the DaemonSet that only Kubernetes mode uses (the CNI
+/// plugin's socket, bin and conf dirs).
+const KUBE_ONLY_HOST_DIRS: [&str; 3] = ["/var/run/jwtgate", "/opt/cni/bin", "/etc/cni/net.d"];
+
 /// Where local mode's configuration is mounted in the container.
 const CONFIG_DIR: &str = "/etc/jwtgate";
 /// The agent's default `--pin-root`, used when the manifest does not pass one.
@@ -102,12 +106,24 @@ fn exercise(bed: &mut FaqBed, pod: &PodRun) -> Result<()> {
         .with_context(|| format!("no hostPath volume holds the pin root {pin_root}: the pins would die with the container"))?;
     let host_pins = bpffs.join(Path::new(&pin_root).strip_prefix(&bpf_mount.container_path)?);
     let bpf_host = bpf_mount.host_path.clone().expect("checked above");
-    let mut flags = pod.podman_args(|p| (p == bpf_host).then(|| bpffs.clone()));
+    // Host directories only Kubernetes mode writes (the CNI plugin's) go to
+    // the bed's own directory: this test must not touch the host's CNI setup.
+    let private = bed.node.dir().join("host");
+    let redirect = |p: &Path| -> Option<PathBuf> {
+        if p == bpf_host {
+            Some(bpffs.clone())
+        } else if KUBE_ONLY_HOST_DIRS.iter().any(|d| p == Path::new(d)) {
+            Some(private.join(p.strip_prefix("/").unwrap_or(p)))
+        } else {
+            None
+        }
+    };
+    let mut flags = pod.podman_args(redirect);
     for m in &pod.mounts {
         // DirectoryOrCreate is the kubelet's job; Directory must already exist.
         if let (Some(p), Some("DirectoryOrCreate")) = (&m.host_path, m.host_path_type.as_deref()) {
             if *p != bpf_host {
-                std::fs::create_dir_all(p)?;
+                std::fs::create_dir_all(redirect(p).unwrap_or_else(|| p.clone()))?;
             }
         }
     }
@@ -194,7 +210,9 @@ fn start(bed: &mut FaqBed, pod: &PodRun, flags: &[String], n: u32) -> Result<()>
             .args(
                 args.iter()
                     .map(|a| a.replace("METRICS", &metrics.to_string())),
-            );
+            )
+            // The test bed's JWKS server is on the host's loopback.
+            .args(jwtgate_e2e::agent::JWKS_ON_LOOPBACK);
         Ok(cmd)
     })?;
     println!("  container {name} ready in {:.1?}", t.elapsed());

@@ -63,8 +63,9 @@ impl PodRun {
 
     /// The manifest's `args` turned into local mode: `--kube` gives way to
     /// `--policies`/`--workloads`, `--metrics-addr` takes `metrics` (a free
-    /// port, so runs never collide on the host network); every other flag
-    /// (pin root, host /proc, netns dir, log format) stays as declared.
+    /// port, so runs never collide on the host network), the `--cni-*` flags
+    /// of Kubernetes mode go; every other flag (pin root, host /proc, log
+    /// format, health socket) stays as declared.
     pub fn local_mode_args(
         &self,
         policies: &str,
@@ -84,6 +85,12 @@ impl PodRun {
                 }
                 _ if a.starts_with("--metrics-addr=") => {
                     out.push(format!("--metrics-addr={metrics}"))
+                }
+                // The CNI plugin is Kubernetes mode's: its flags go.
+                _ if a.starts_with("--cni-") => {
+                    if !a.contains('=') {
+                        it.next();
+                    }
                 }
                 _ => out.push(a.clone()),
             }

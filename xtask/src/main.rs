@@ -10,6 +10,7 @@ mod fuzz;
 mod image;
 mod kind;
 mod kube;
+mod node;
 mod setup;
 mod test;
 
@@ -42,6 +43,8 @@ enum Task {
     ContainerTest(container_test::ContainerTestArgs),
     /// Build kube-apiserver + etcd (Debian sources) and kubernetes-validate into ~/.cache/jwtgate, once.
     BuildKube,
+    /// A real one-node Kubernetes cluster (kubelet, containerd) in namespaces of its own; Ctrl-C removes it.
+    Node(node::NodeArgs),
     /// Try jwtgate on a local kind cluster (needs Docker and kind).
     Kind(kind::KindArgs),
 }
@@ -58,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Task::ContainerTest(args) => container_test::run(&args),
         Task::Kind(args) => kind::run(&args),
         Task::BuildKube => kube::run(),
+        Task::Node(args) => node::run(&args),
     }
 }

@@ -148,6 +148,14 @@ fn wanted_packages(toolchain: Option<&EbpfToolchain>) -> Vec<(&'static str, &'st
             "runc",
             "podman's runtime here: crun fails on hybrid cgroup layouts (xtask/podman/containers.conf)",
         ),
+        // The real-node test (`cargo xtask node`): the kubelet's container
+        // runtime, the pods' network and kube-proxy's Services.
+        ("containerd", "the test node's container runtime (CRI)"),
+        (
+            "containernetworking-plugins",
+            "bridge + host-local CNI plugins for the test node's pods",
+        ),
+        ("iptables", "kube-proxy (iptables mode) and the kubelet on the test node"),
     ]);
     // nginx serves JWKS in the end-to-end tests; nginx-light is enough.
     if !installed("nginx-light") && !Path::new("/usr/sbin/nginx").exists() {

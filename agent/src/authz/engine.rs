@@ -1,9 +1,11 @@
 //! The ordered decision steps (§1): path normalization (HTTP connection
-//! manager), CUSTOM, jwt_authn, AUDIT, DENY, ALLOW.
+//! manager), CUSTOM, jwt_authn, AUDIT, DENY, ALLOW. CUSTOM sees the client's
+//! request; AUDIT, DENY and ALLOW see it as jwt_authn left it.
 
-use crate::jwt::{authenticate, AuthnEdits, Keys, TokenCache};
-use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, WorkloadPolicy};
+use crate::jwt::{self, Keys, TokenCache};
+use crate::policy::{Action, AuthzPolicy, JwksSource, JwtRule, Rule, WorkloadPolicy};
 
+use super::header_view::HeaderView;
 use super::matcher::{rule_matches, Attributes};
 use super::path::normalize_borrowed;
 use super::remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
@@ -24,31 +26,36 @@ pub fn evaluate(
 ) -> Decision {
     // Borrowed from the request unless normalization changes the path.
     let Ok((path, query)) = normalize_borrowed(&request.path, normalization) else {
+        // The connection manager's local reply when normalization fails:
+        // 400 without a body (details `path_normalization_failed`).
         return deny(
             400,
-            "Bad Request",
-            "path contains %00 (rejected like Envoy)".into(),
+            "",
+            "path normalization failed: %00 in the path (rejected like Envoy)".into(),
             None,
         );
     };
-    let mut attrs = Attributes {
+    // X-Forwarded-For is read by the connection manager, before any filter.
+    let remote = remote_ip(&request.headers, request.source_ip, XFF_NUM_TRUSTED_HOPS);
+    let client = Attributes {
         method: &request.method,
         path: &path,
         query,
         host: &request.host,
-        headers: &request.headers,
+        headers: HeaderView::client(&request.headers),
         port: request.destination_port,
         source_ip: request.source_ip,
-        remote_ip: remote_ip(&request.headers, request.source_ip, XFF_NUM_TRUSTED_HOPS),
+        remote_ip: remote,
         destination_ip: request.destination_ip,
         identity: None,
     };
 
-    // CUSTOM runs before authentication in Istio's chain. jwtgate has no
-    // ext_authz client, so it does what istiod does for an unusable provider:
-    // the CUSTOM rules become DENY rules (fail closed, §3.1). Requests the
-    // rules do not match never reach ext_authz in Istio either, so they go on.
-    if let Some((p, i)) = first_match(policy, Action::Custom, &attrs) {
+    // CUSTOM runs before authentication in Istio's chain, on the client's
+    // request. jwtgate has no ext_authz client, so it does what istiod does
+    // for an unusable provider: the CUSTOM rules become DENY rules (fail
+    // closed, §3.1). Requests the rules do not match never reach ext_authz in
+    // Istio either, so they go on.
+    if let Some((p, i)) = first_match(policy, Action::Custom, &client) {
         let mut d = deny(
             403,
             RBAC_DENIED,
@@ -71,12 +78,18 @@ pub fn evaluate(
         JwksSource::Uri(uri) => jwks.jwks(uri).map_or(Keys::Unavailable, Keys::Set),
         JwksSource::Unset => Keys::Unavailable,
     };
-    let rules = if preflight {
-        &[][..]
+    let authn = if preflight {
+        jwt::bypass(&policy.jwt_rules)
     } else {
-        &policy.jwt_rules[..]
+        jwt::authenticate(
+            &policy.jwt_rules,
+            &request.headers,
+            query,
+            &keys,
+            now,
+            cache,
+        )
     };
-    let authn = authenticate(rules, &request.headers, query, &keys, now, cache);
     let identity = match authn.result {
         Ok(id) => id,
         Err(e) => {
@@ -99,8 +112,19 @@ pub fn evaluate(
             return d;
         }
     };
-    attrs.identity = identity.as_ref();
     let principal = identity.as_ref().map(|id| id.principal());
+
+    // The RBAC filters see the request jwt_authn left (§1, §2.6): output
+    // headers cleared and written from the token, the consumed token header
+    // and query parameter gone. The application receives the same request.
+    let edits = &authn.edits;
+    let query_after = edits.query_after(query);
+    let attrs = Attributes {
+        query: query_after.as_deref(),
+        headers: HeaderView::edited(&request.headers, &edits.remove_headers, &edits.add_headers),
+        identity: identity.as_ref(),
+        ..client
+    };
 
     // AUDIT only logs (§3.1: Envoy's LOG action sets `access_log_hint`);
     // DENY, then ALLOW.
@@ -137,6 +161,10 @@ pub fn evaluate(
         d.audit = audit;
         return d;
     };
+    let forward_path = match query_after.as_deref() {
+        Some(q) => join_query(&path, q),
+        None => path.into_owned(),
+    };
     Decision {
         status: 200,
         allowed: true,
@@ -146,7 +174,7 @@ pub fn evaluate(
         policy: matched,
         audit,
         www_authenticate: None,
-        forward_path: forward_path(&path, query, &authn.edits),
+        forward_path,
         headers: HeaderEdits {
             remove: authn.edits.remove_headers,
             add: authn.edits.add_headers,
@@ -159,16 +187,21 @@ fn first_match<'p>(
     action: Action,
     attrs: &Attributes,
 ) -> Option<(&'p AuthzPolicy, usize)> {
+    first_matching_rule(policy, action, |r| rule_matches(r, action, attrs))
+}
+
+/// The first policy with `action` and the index of its first rule that
+/// `matches` (HTTP and network RBAC differ only in how a rule matches).
+pub(super) fn first_matching_rule(
+    policy: &WorkloadPolicy,
+    action: Action,
+    matches: impl Fn(&Rule) -> bool,
+) -> Option<(&AuthzPolicy, usize)> {
     policy
         .authz
         .iter()
         .filter(|p| p.action == action)
-        .find_map(|p| {
-            p.rules
-                .iter()
-                .position(|r| rule_matches(r, action, attrs))
-                .map(|i| (&**p, i))
-        })
+        .find_map(|p| p.rules.iter().position(&matches).map(|i| (&**p, i)))
 }
 
 fn deny(status: u16, body: &str, reason: String, principal: Option<String>) -> Decision {
@@ -199,29 +232,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Normalized path plus the query, minus token parameters that were consumed
-/// (current Envoy removes them, §2.6).
-fn forward_path(path: &str, query: Option<&str>, edits: &AuthnEdits) -> String {
-    let Some(q) = query else {
-        return path.to_owned();
-    };
-    if edits.remove_params.is_empty() {
-        return join_query(path, q);
-    }
-    let kept: Vec<&str> = q
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split('=').next().unwrap_or("");
-            !edits.remove_params.iter().any(|p| p == key)
-        })
-        .collect();
-    if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    }
 }
 
 /// `path?query` in one allocation of the right size.

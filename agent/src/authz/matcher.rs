@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::header_view::HeaderView;
 use crate::jwt::Identity;
 use crate::policy::{Action, Attribute, FieldMatch, Rule, StringPattern, TemplatePart, ValueMatch};
 
@@ -15,10 +16,12 @@ pub struct Attributes<'a> {
     pub method: &'a str,
     /// Normalized path without query.
     pub path: &'a str,
-    /// The query (without `?`), only for `request.headers[:path]`.
+    /// The query (without `?`) after jwt_authn removed consumed token
+    /// parameters, only for `request.headers[:path]`.
     pub query: Option<&'a str>,
     pub host: &'a str,
-    pub headers: &'a [(String, String)],
+    /// The header lines after jwt_authn's edits (`header_view`).
+    pub headers: HeaderView<'a>,
     pub port: u16,
     /// The connection's peer (`ipBlocks`, `source.ip`).
     pub source_ip: IpAddr,
@@ -35,6 +38,48 @@ pub fn rule_matches(rule: &Rule, action: Action, a: &Attributes) -> bool {
     rule.from.as_ref().is_none_or(|s| s.iter().any(|f| all(f)))
         && rule.to.as_ref().is_none_or(|o| o.iter().any(|f| all(f)))
         && all(&rule.when)
+}
+
+/// Does `rule` match a TCP connection, as Envoy's network RBAC filter that
+/// Istio generates for TCP filter chains sees it (§3.11)? HTTP-only fields
+/// cannot be evaluated on a connection: an ALLOW rule using any of them is
+/// dropped (it matches nothing), a DENY/AUDIT/CUSTOM rule loses just those
+/// fields (so it matches more). `a` carries no HTTP attributes.
+pub fn rule_matches_connection(rule: &Rule, action: Action, a: &Attributes) -> bool {
+    let fields = rule
+        .from
+        .iter()
+        .chain(rule.to.iter())
+        .flatten()
+        .flatten()
+        .chain(&rule.when);
+    if action == Action::Allow && fields.clone().any(|f| is_http_only(&f.attr)) {
+        return false;
+    }
+    let all = |fields: &[FieldMatch]| {
+        fields
+            .iter()
+            .filter(|f| !is_http_only(&f.attr))
+            .all(|f| field_matches(f, action, a))
+    };
+    rule.from.as_ref().is_none_or(|s| s.iter().any(|f| all(f)))
+        && rule.to.as_ref().is_none_or(|o| o.iter().any(|f| all(f)))
+        && all(&rule.when)
+}
+
+/// Attributes that only exist in an HTTP request (Istio's `generator.go`
+/// rejects them for TCP: hosts, methods, paths, requestPrincipals,
+/// request.headers, request.auth.*).
+fn is_http_only(attr: &Attribute) -> bool {
+    matches!(
+        attr,
+        Attribute::RequestPrincipal
+            | Attribute::Path
+            | Attribute::Method
+            | Attribute::Host
+            | Attribute::Header(_)
+            | Attribute::Claim(_)
+    )
 }
 
 fn field_matches(f: &FieldMatch, action: Action, a: &Attributes) -> bool {
@@ -73,11 +118,17 @@ fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
             in_cidr(a.destination_ip, *net, *len)
         }
         (Attribute::Header(name), ValueMatch::Str(p)) => {
-            let Some(value) = header_value(a, name) else {
-                return false;
-            };
             // `*` = present_match: true even for an empty value (§3.4).
-            matches!(p, StringPattern::Present) || str_match(p, Some(&value), false)
+            let matches =
+                |v: &str| matches!(p, StringPattern::Present) || str_match(p, Some(v), false);
+            match pseudo_header(a, name) {
+                Some(v) => matches(&v),
+                // Each line on its own, any line matching (Envoy's RBAC
+                // header matcher since CVE-2026-26308, Istio 1.29.1): joining
+                // `X-Role: user` + `X-Role: admin` into `user,admin` let that
+                // request past a DENY on `admin`.
+                None => a.headers.values(name).any(matches),
+            }
         }
         (Attribute::Claim(path), ValueMatch::Str(p)) => a
             .identity
@@ -94,39 +145,20 @@ fn value_matches(attr: &Attribute, v: &ValueMatch, a: &Attributes) -> bool {
     }
 }
 
-/// The value Envoy's header matcher sees: repeated lines joined with `,`
-/// (§3.4); the pseudo-headers HTTP/1 requests get from the request line and
-/// `Host` (Envoy stores `Host` as `:authority`).
-fn header_value<'a>(a: &Attributes<'a>, name: &str) -> Option<Cow<'a, str>> {
-    match name {
-        ":authority" | "host" => return Some(Cow::Borrowed(a.host)),
-        ":method" => return Some(Cow::Borrowed(a.method)),
-        ":path" => {
-            return Some(match a.query {
-                Some(q) => Cow::Owned(format!("{}?{q}", a.path)),
-                None => Cow::Borrowed(a.path),
-            })
-        }
-        _ => {}
-    }
-    let mut lines = a
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str());
-    let first = lines.next()?;
-    // One line (the usual case) is matched as it is, without a copy.
-    match lines.next() {
-        None => Some(Cow::Borrowed(first)),
-        Some(second) => {
-            let mut joined = format!("{first},{second}");
-            for v in lines {
-                joined.push(',');
-                joined.push_str(v);
-            }
-            Some(Cow::Owned(joined))
-        }
-    }
+/// The pseudo-headers HTTP/1 requests get from the request line and `Host`
+/// (Envoy stores `Host` as `:authority`); `None` for ordinary headers.
+fn pseudo_header<'a>(a: &Attributes<'a>, name: &str) -> Option<Cow<'a, str>> {
+    Some(match name {
+        ":authority" | "host" => Cow::Borrowed(a.host),
+        ":method" => Cow::Borrowed(a.method),
+        ":path" => match a.query {
+            Some(q) => Cow::Owned(format!("{}?{q}", a.path)),
+            None => Cow::Borrowed(a.path),
+        },
+        // jwtgate only serves plaintext HTTP.
+        ":scheme" => Cow::Borrowed("http"),
+        _ => return None,
+    })
 }
 
 /// Envoy metadata string matcher on the JWT payload: only strings match.

@@ -5,8 +5,11 @@
 //!
 //! INTERFACE CONTRACT (used by proxy/ and cli/; keep these signatures).
 //!
-//! Layout: `path` (normalization), `matcher` (rule matching), `engine`
-//! (the ordered steps); this file holds the contract types.
+//! Layout: `request_shape` (what Envoy's HTTP codec and connection manager
+//! refuse before any filter: method, version, Host, request-target, header
+//! size), `path` (normalization), `header_view` (the headers RBAC sees after
+//! jwt_authn), `matcher` (rule matching), `engine` (the ordered steps); this
+//! file holds the contract types.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,16 +18,23 @@ use crate::jwt::{JwkSet, TokenCache};
 use crate::policy::WorkloadPolicy;
 
 mod engine;
+mod header_view;
 mod matcher;
+mod network;
 pub(crate) mod path;
 mod remote;
+pub mod request_shape;
 
+#[cfg(test)]
+mod post_authn_tests;
 #[cfg(test)]
 mod table;
 #[cfg(test)]
 mod tests;
 
+pub use header_view::HeaderView;
 pub use matcher::Attributes;
+pub use network::{evaluate_connection, Connection};
 pub use path::{normalize as normalize_path, InvalidPath};
 pub use remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 
@@ -32,18 +42,23 @@ pub use remote::{remote_ip, XFF_NUM_TRUSTED_HOPS};
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
-    /// The request target as received: path plus optional `?query`.
+    /// The request target in origin-form, path plus optional `?query`, as
+    /// received (`request_shape::admit` reduces an absolute-form target).
     pub path: String,
-    /// Host header / :authority (may include a port).
+    /// `:authority` (may include a port): the Host header, or the authority
+    /// of an absolute-form target (`request_shape::admit`).
     pub host: String,
-    /// Header lines in arrival order; names compared case-insensitively.
+    /// Header lines in arrival order, every line of a repeated header kept
+    /// (`request.headers[...]` conditions match each line on its own); names
+    /// compared case-insensitively.
     pub headers: Vec<(String, String)>,
     pub source_ip: IpAddr,
     pub destination_ip: IpAddr,
     pub destination_port: u16,
 }
 
-/// Changes to apply to the forwarded request when it is allowed.
+/// Changes to apply to the forwarded request when it is allowed: jwt_authn's
+/// edits, which the RBAC decision was already made on (`header_view`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderEdits {
     /// Header names (lower case) to delete from the forwarded request.

@@ -41,12 +41,15 @@ pub(crate) fn normalize_borrowed(
 }
 
 /// True when `rewrite` would return `path` unchanged: rooted, nothing to
-/// decode (no `%`), no backslash, no `.`/`..` segment, and no `//` unless
-/// the mode keeps them. Each condition is the no-op case of one step of
-/// `rewrite`, so skipping it cannot change a result (`fast_path_agrees`).
+/// decode (no `%`), no backslash, nothing to escape, no `.`/`..` segment,
+/// and no `//` unless the mode keeps them. Each condition is the no-op case
+/// of one step of `rewrite`, so skipping it cannot change a result
+/// (`fast_path_agrees`).
 pub(crate) fn already_normal(path: &str, mode: PathNormalization) -> bool {
     path.starts_with('/')
-        && !path.bytes().any(|b| b == b'%' || b == b'\\')
+        && !path
+            .bytes()
+            .any(|b| b == b'%' || b == b'\\' || must_escape(b))
         && (mode == PathNormalization::Base || !path.contains("//"))
         && !path.split('/').any(|seg| seg == "." || seg == "..")
 }
@@ -69,47 +72,67 @@ pub(crate) fn rewrite(path: &str, mode: PathNormalization) -> Result<String, Inv
     Ok(out)
 }
 
-/// Decode `%XX` of RFC 3986 unreserved characters (and `%2F`/`%5C` when
-/// `slashes`); other escapes stay, with upper-case hex like Chromium's
-/// canonicalizer.
+/// Envoy's path canonicalizer (Chromium's `CanonicalizePath`) on escapes:
+/// `%XX` of an RFC 3986 unreserved character is decoded (and `%2F`/`%5C`
+/// when `slashes`); every other escape is kept exactly as the client wrote
+/// it, hex case included (`%2f` stays `%2f`: Chromium copies the two
+/// characters "in case the server is sensitive to that"); a `%` not
+/// followed by two hex digits stays as it is; the characters Chromium
+/// escapes (`must_escape`) become `%XX` in upper case.
 fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
     let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len());
+    let mut out = Vec::with_capacity(b.len());
     // Where in `out` the last `%` that began no valid escape is.
     let mut stray_percent: Option<usize> = None;
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
+        let c = b[i];
+        if c == b'%' && i + 2 < b.len() {
             if let (Some(h), Some(l)) = (hex_digit(b[i + 1]), hex_digit(b[i + 2])) {
-                let c = (h << 4) | l;
-                if c == 0 {
+                let decoded = (h << 4) | l;
+                if decoded == 0 {
                     return Err(InvalidPath);
                 }
                 let unreserved =
-                    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
-                if unreserved || (slashes && (c == b'/' || c == b'\\')) {
-                    out.push(c as char);
+                    decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~');
+                if unreserved || (slashes && (decoded == b'/' || decoded == b'\\')) {
+                    out.push(decoded);
                     if let Some(p) = stray_percent {
                         escape_nested(&mut out, p, b.get(i + 3).copied());
                     }
                 } else {
-                    out.push('%');
-                    out.push(b[i + 1].to_ascii_uppercase() as char);
-                    out.push(b[i + 2].to_ascii_uppercase() as char);
+                    out.extend_from_slice(&b[i..i + 3]);
                 }
                 i += 3;
                 continue;
             }
         }
-        if b[i] == b'%' {
+        if c == b'%' {
             stray_percent = Some(out.len());
         }
-        // Safe: we only split at ASCII bytes, so `path[i..]` stays valid UTF-8.
-        let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
-        out.push(ch);
-        i += ch.len_utf8();
+        if must_escape(c) {
+            out.extend_from_slice(&[
+                b'%',
+                HEX_UPPER[usize::from(c >> 4)],
+                HEX_UPPER[usize::from(c & 15)],
+            ]);
+        } else {
+            out.push(c);
+        }
+        i += 1;
     }
-    Ok(out)
+    // Every byte ≥ 0x80 was escaped above, so the output is ASCII.
+    Ok(String::from_utf8(out).unwrap_or_default())
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Bytes Chromium's path canonicalizer escapes (`kPathCharLookup` ESCAPE,
+/// the same in the table Envoy forked and in today's): controls, space,
+/// `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, DEL and every non-ASCII byte.
+/// (`#` never reaches here: the fragment is cut off first.)
+fn must_escape(c: u8) -> bool {
+    c <= b' ' || c >= 0x7f || matches!(c, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
 }
 
 /// A decoded character right after a stray `%` can form a new escape with
@@ -119,15 +142,15 @@ fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
 /// URL canonicalizer (Chromium's `CheckForNestedEscapes`), escape that `%`
 /// as `%25` when `out` now ends in `%` plus two hex digits, the second
 /// possibly being the next input byte `next`.
-fn escape_nested(out: &mut String, percent: usize, next: Option<u8>) {
-    let tail = &out.as_bytes()[percent + 1..];
+fn escape_nested(out: &mut Vec<u8>, percent: usize, next: Option<u8>) {
+    let tail = &out[percent + 1..];
     let pair = match (tail, next) {
         (&[a], Some(n)) => [a, n],
         (&[a, b], _) => [a, b],
         _ => return,
     };
     if pair.iter().all(|c| hex_digit(*c).is_some()) {
-        out.replace_range(percent..=percent, "%25");
+        out.splice(percent..=percent, *b"%25");
     }
 }
 
@@ -224,7 +247,16 @@ mod tests {
             ("/admin%5Cx", DecodeAndMergeSlashes, "/admin/x", None),
             ("/a\\b\\..\\c", Base, "/a/c", None),
             ("/%61%7e%2d", Base, "/a~-", None),
-            ("/a%20b%3f", Base, "/a%20b%3F", None),
+            // Kept escapes keep the client's hex case, in every mode.
+            ("/a%20b%3f", Base, "/a%20b%3f", None),
+            ("/admin%2fx", Base, "/admin%2fx", None),
+            ("/admin%2fx", MergeSlashes, "/admin%2fx", None),
+            ("/a%3Fb%3fc", DecodeAndMergeSlashes, "/a%3Fb%3fc", None),
+            ("/%7e%7E%2D", Base, "/~~-", None),
+            ("/%252F", DecodeAndMergeSlashes, "/%252F", None),
+            // What Chromium escapes, in upper-case hex.
+            ("/a b", Base, "/a%20b", None),
+            ("/q\"<>^`{|}", Base, "/q%22%3C%3E%5E%60%7B%7C%7D", None),
             ("/a/./b/.", Base, "/a/b/", None),
             ("/a/b/..", Base, "/a/", None),
             ("/../../x", Base, "/x", None),
@@ -232,7 +264,8 @@ mod tests {
             ("/x#frag?no", Base, "/x", None),
             ("/%252e%252e/x", Base, "/%252e%252e/x", None),
             ("/bad%zz%", Base, "/bad%zz%", None),
-            ("/é/../ü", Base, "/ü", None),
+            ("/é/../ü", Base, "/%C3%BC", None),
+            ("/%zz%4", Base, "/%zz%4", None),
         ];
         for (input, mode, path, query) in cases {
             let got = normalize(input, *mode).unwrap();
@@ -303,6 +336,9 @@ mod tests {
             "a/b",
             "",
             "/a?b",
+            "/a b",
+            "/a{b}",
+            "/a|b",
         ];
         for path in paths {
             for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {

@@ -36,7 +36,7 @@ fn sample_lookup() -> Map {
     Map(HashMap::from([(JWKS_URI.to_owned(), set)]))
 }
 
-fn workload(yaml: &str) -> WorkloadPolicy {
+pub(super) fn workload(yaml: &str) -> WorkloadPolicy {
     let (set, errors) = PolicySet::parse(&[("test.yaml".into(), yaml.into())]);
     assert!(errors.is_empty(), "{errors:?}");
     let w = WorkloadRef {
@@ -46,7 +46,7 @@ fn workload(yaml: &str) -> WorkloadPolicy {
     set.for_workload(&w, "istio-system")
 }
 
-fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+pub(super) fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     Request {
         method: method.into(),
         path: path.into(),
@@ -61,7 +61,7 @@ fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     }
 }
 
-fn run(policy: &WorkloadPolicy, r: &Request) -> Decision {
+pub(super) fn run(policy: &WorkloadPolicy, r: &Request) -> Decision {
     evaluate(
         policy,
         r,

@@ -1,6 +1,6 @@
 //! `jwtgate agent` arguments.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -43,20 +43,25 @@ pub struct AgentArgs {
         required_if_eq("kube", "true")
     )]
     pub node_name: Option<String>,
+    /// The CNI plugin (Kubernetes mode).
+    #[command(flatten)]
+    pub cni: super::CniArgs,
     /// kubeconfig file for --kube (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
     #[arg(long, value_name = "FILE", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
-    /// The host's /proc (hostPID): where pods' network namespaces are found
+    /// The host's /proc (hostPID): a pod's network namespace is the one its
+    /// processes are in, found by the pod UID in their cgroups
     /// (`/host/proc` in the DaemonSet).
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub host_proc: PathBuf,
-    /// Folder of pinned network namespaces (containerd, CRI-O, `ip netns`),
-    /// searched before --host-proc.
-    #[arg(long, value_name = "DIR", default_value = "/var/run/netns")]
-    pub netns_dir: PathBuf,
     /// bpffs directory for pinned maps and links (bpffs is mounted there when absent).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
+    /// Also serve /healthz, /readyz and /metrics on this unix socket, for
+    /// probes that must reach this agent and no other (`jwtgate probe`): in
+    /// a surge upgrade two agents share the node's metrics port.
+    #[arg(long, value_name = "PATH")]
+    pub health_socket: Option<PathBuf>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
@@ -73,16 +78,54 @@ pub struct AgentArgs {
     /// How often every jwksUri is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 20 * 60)]
     pub jwks_refresh_secs: u64,
-    /// Ban a source in the kernel after this many failed token verifications
-    /// within --ban-window-secs (0 disables banning).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub ban_after: u32,
-    /// Window for --ban-after.
+    /// How long to wait for a client's first bytes on a port whose protocol
+    /// is not declared (by port name) before taking the connection for a
+    /// server-first TCP protocol such as MySQL or SMTP. 0 waits for ever, as
+    /// Istio does by default (server-first protocols then hang unless
+    /// declared). An HTTP request sent after this is closed, never spliced.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 1000)]
+    pub protocol_detection_timeout_ms: u64,
+    /// Where kubelet probes come from: `auto` (this node's own addresses,
+    /// re-read every 10 s), `none`, or a comma-separated list of addresses.
+    /// Only requests from these sources that match a probe the pod declares
+    /// (port, path, GET) pass without a token.
+    #[arg(long, value_name = "auto|none|IP,...", default_value = "auto", value_parser = parse_probe_sources)]
+    pub probe_sources: ProbeSourcesArg,
+    /// Open downstream connections the agent accepts in all (every proxied
+    /// connection holds two descriptors); over it, new ones are reset.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub max_connections: usize,
+    /// Open downstream connections one source address may hold; over it,
+    /// that source's new connections are reset while others are served.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections_per_source: usize,
+    /// Requests (and HTTP/2 streams, at most 100 per connection) in progress
+    /// node-wide; over it, 503 `envoy overloaded` (Envoy's overload manager
+    /// answer). Bounds the memory requests in flight hold.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_requests: usize,
+    /// A request head must be complete this long after its first byte, or
+    /// the client gets 408 and the connection closes (Envoy's
+    /// request_headers_timeout, which it leaves off by default: that is the
+    /// slow-header hole).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub ban_window_secs: u64,
-    /// How long a banned source stays banned.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub ban_ttl_secs: u64,
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in progress closes after this long
+    /// without traffic (Envoy's idle_timeout, 1 h).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub idle_timeout_secs: u64,
+    /// A request in progress that moves no byte for this long is cut
+    /// (Envoy's stream_idle_timeout, 5 min).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub stream_idle_timeout_secs: u64,
+    /// On shutdown, how long open HTTP connections keep serving (each
+    /// response with `Connection: close`) before idle ones are closed.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
+    pub drain_grace_ms: u64,
+    /// Serve HTTP/1.0 requests instead of answering 426 Upgrade Required:
+    /// the equivalent of Istio's PILOT_HTTP10=1 (Envoy's accept_http_10).
+    #[arg(long)]
+    pub accept_http10: bool,
     /// How long in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -92,4 +135,54 @@ pub struct AgentArgs {
     /// JWKS fetching and the verified-token cache (`cli/jwt.rs`).
     #[command(flatten)]
     pub jwt: super::JwtArgs,
+    /// Automatic bans (`cli/bans.rs`).
+    #[command(flatten)]
+    pub bans: super::BanArgs,
+}
+
+/// `--probe-sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSourcesArg {
+    /// The node's own addresses, followed as they change.
+    Auto,
+    /// Fixed addresses (empty: no probe is recognised).
+    List(Vec<IpAddr>),
+}
+
+fn parse_probe_sources(s: &str) -> Result<ProbeSourcesArg, String> {
+    match s.trim() {
+        "auto" => Ok(ProbeSourcesArg::Auto),
+        "none" | "" => Ok(ProbeSourcesArg::List(Vec::new())),
+        list => list
+            .split(',')
+            .map(|a| {
+                a.trim().parse::<IpAddr>().map_err(|_| {
+                    format!("{a:?} is not an IP address (expected auto, none or addresses)")
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(ProbeSourcesArg::List),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sources_forms() {
+        assert_eq!(parse_probe_sources("auto"), Ok(ProbeSourcesArg::Auto));
+        assert_eq!(
+            parse_probe_sources("none"),
+            Ok(ProbeSourcesArg::List(vec![]))
+        );
+        assert_eq!(
+            parse_probe_sources("10.0.0.1, fd00::1"),
+            Ok(ProbeSourcesArg::List(vec![
+                "10.0.0.1".parse().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]))
+        );
+        assert!(parse_probe_sources("10.0.0.0/8").is_err());
+    }
 }

@@ -3,11 +3,15 @@
 //! `agent` and `check` live in their own files.
 
 mod agent;
+mod bans;
 mod check;
+mod cni;
 mod jwt;
 
-pub use agent::AgentArgs;
+pub use agent::{AgentArgs, ProbeSourcesArg};
+pub use bans::BanArgs;
 pub use check::CheckArgs;
+pub use cni::CniArgs;
 pub use jwt::{JwksArgs, JwtArgs};
 
 use std::net::IpAddr;
@@ -44,14 +48,30 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: enrol workloads, verify and forward their requests.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Decide one request offline with the agent's engine and print JSON
     /// (exit 0 allowed, 1 denied, 2 bad input).
-    Check(CheckArgs),
-    /// Drop every packet from a source in the kernel (XDP), until the TTL expires.
+    Check(Box<CheckArgs>),
+    /// Drop every packet from a source in the kernel (XDP), until the TTL
+    /// expires. Operator bans are never evicted by automatic ones: when the
+    /// map is full this fails instead.
     DenySource(DenySourceArgs),
-    /// Remove a source from the kernel deny list.
+    /// Lift every ban of a source: operator, node-wide and per-workload.
     AllowSource(AllowSourceArgs),
+    /// Ask a running agent's health socket (`agent --health-socket`) for
+    /// `/readyz` or `/healthz`: exit 0 on 200. For exec probes, which only
+    /// ever reach the agent of their own pod.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// The agent's `--health-socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Ask `/readyz` instead of `/healthz`.
+    #[arg(long)]
+    pub ready: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,7 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
             crate::telemetry::init(args.log_format);
-            match crate::app::run(args) {
+            match crate::app::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("agent failed: {err:#}");
@@ -126,6 +146,17 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::datapath::DenyList::open_pinned(&args.pin_root)
                 .and_then(|mut deny| deny.allow_source(args.source)),
         ),
+        Command::Probe(args) => {
+            let path = if args.ready { "/readyz" } else { "/healthz" };
+            match crate::metrics::probe_unix(&args.socket, path) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("jwtgate: {path} is not 200");
+                    ExitCode::FAILURE
+                }
+                Err(err) => report(Err(err)),
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -112,13 +112,18 @@ pub(crate) fn monotonic_deadline(ttl: Duration) -> Result<u64> {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
-/// What the kernel says about a link (`struct bpf_link_info`, leading part).
-#[derive(Debug, Clone, Copy)]
+/// What the kernel says about a pinned link (`struct bpf_link_info`,
+/// leading part), and an fd to it.
+#[derive(Debug)]
 pub(crate) struct LinkTarget {
     /// `netns.netns_ino` for netns links, `xdp.ifindex` for XDP links; 0 once
     /// the namespace or device is gone (the link is then defunct).
     pub target: u32,
+    /// The program the link runs.
+    pub prog_id: u32,
+    pub fd: OwnedFd,
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
@@ -167,5 +172,20 @@ pub(crate) fn pinned_link_target(path: &Path) -> Result<Option<LinkTarget>> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
         .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD {}", path.display()))?;
     let target = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
-    Ok(Some(LinkTarget { target }))
+    let prog_id = u32::from_ne_bytes(info[8..12].try_into().expect("4 bytes"));
+    Ok(Some(LinkTarget {
+        target,
+        prog_id,
+        fd,
+    }))
+}
+
+/// `BPF_LINK_UPDATE`: make the link run `prog` instead, atomically (no
+/// instant without a program on the hook). How a newer agent moves the
+/// links it re-adopts to its own programs.
+pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    // link_fd, new_prog_fd, flags (0), old_prog_fd (0)
+    attr[0] = link.as_raw_fd() as u32 as u64 | ((prog.as_raw_fd() as u32 as u64) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }

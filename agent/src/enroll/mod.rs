@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::inbound::{Declared, PortSelection, Probe};
+
 /// How to reach a workload's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetnsRef {
@@ -24,9 +26,10 @@ pub enum NetnsRef {
     Path(PathBuf),
     /// A process inside the namespace.
     Pid(u32),
-    /// Whichever namespace on this host owns the address (Kubernetes pods:
-    /// the pod IP is unique on the node; see `netns::Finder`).
-    OwnerOf(IpAddr),
+    /// A Kubernetes pod: the namespace its processes are in, found through
+    /// the pod UID in their cgroup paths, which must have `ip` (see
+    /// `netns::Finder`).
+    Pod { uid: String, ip: IpAddr },
 }
 
 /// A workload a source wants protected.
@@ -37,10 +40,16 @@ pub struct WorkloadSpec {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub netns: NetnsRef,
-    /// Addresses to steer; empty = the namespace's own addresses.
+    /// Addresses to steer, IPv4 and IPv6; empty = the namespace's own
+    /// addresses.
     pub ips: Vec<IpAddr>,
-    /// Mesh ports (TCP).
-    pub ports: Vec<u16>,
+    /// Which TCP ports are steered (default: all of them).
+    pub ports: PortSelection,
+    /// Ports whose protocol is declared (by port name); the others are
+    /// sniffed from the client's first bytes.
+    pub protocols: BTreeMap<u16, Declared>,
+    /// Kubelet probes the pod declares: they pass from the node's addresses.
+    pub probes: Vec<Probe>,
     /// `None`: the agent's `--fail-open`.
     pub fail_open: Option<bool>,
     /// Enrol even when no policy selects it. The workloads file lists
@@ -66,11 +75,20 @@ impl WorkloadSpec {
             labels: wl.labels.clone(),
             netns,
             ips: wl.ips.clone(),
-            ports: wl.ports.clone(),
+            ports: wl.port_selection(),
+            protocols: wl.declared_protocols(),
+            probes: wl.probes(),
             fail_open: wl.fail_open,
             always: true,
             instance: String::new(),
         }
+    }
+
+    /// Same pod, same namespace: a change between two such specs (labels,
+    /// addresses, ports, protocols, probes, fail-open) is applied in place,
+    /// without ever unsteering the workload.
+    pub fn same_incarnation(&self, other: &WorkloadSpec) -> bool {
+        self.instance == other.instance && self.netns == other.netns
     }
 }
 
@@ -79,10 +97,18 @@ impl WorkloadSpec {
 /// the source has a complete first view (readiness waits for it). A source
 /// that publishes both sends the policies first. `jwks_outcomes`: where the
 /// engine sends the result of every scheduled `jwksUri` fetch, for a source
-/// that reports failures to the policies' owners (Kubernetes Events).
+/// that reports failures to the policies' owners (Kubernetes Events);
+/// `enrolment_failures` likewise for pods.
 pub struct Inputs {
     pub policies: tokio::sync::watch::Receiver<std::sync::Arc<crate::policy::PolicySet>>,
     pub workloads: tokio::sync::watch::Receiver<Option<Vec<WorkloadSpec>>>,
     pub jwks_outcomes:
         Option<tokio::sync::mpsc::UnboundedSender<crate::sources::jwks::FetchOutcome>>,
+    /// Where the engine sends the wanted workloads it could not enrol
+    /// (key → error), whenever that set changes, for a source that tells
+    /// their owners (Kubernetes Events on the pods).
+    pub enrolment_failures: Option<tokio::sync::mpsc::UnboundedSender<BTreeMap<String, String>>>,
+    /// Where the engine publishes what is enrolled (key → instance), for a
+    /// source that waits on it (the CNI socket answers once a pod is in).
+    pub enrolled: Option<tokio::sync::watch::Sender<BTreeMap<String, String>>>,
 }

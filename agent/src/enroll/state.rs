@@ -1,9 +1,12 @@
 //! The desired-versus-enrolled state machine. Inputs: the latest workload
 //! snapshot and the latest policy set, each replaced whole by its source.
 //! `reconcile` makes the enrolled set equal to the wanted one through a
-//! [`Backend`]: unenrol what is no longer wanted (or changed), enrol what is
-//! missing, hand every enrolled workload its current policy. Failed enrolments
-//! stay pending and are retried by the next `reconcile`.
+//! [`Backend`]: unenrol what is no longer wanted, change in place what changed
+//! but is still the same pod (make-before-break: its steering never lapses),
+//! replace what is a new incarnation, enrol what is missing, hand every
+//! enrolled workload its current policy. Failed enrolments and updates stay
+//! pending and are retried by the next `reconcile`; a failed update keeps the
+//! previous steering in force.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +27,15 @@ pub trait Backend {
     ) -> anyhow::Result<Self::Handle>;
     /// The policies that apply to an enrolled workload changed.
     fn update(&mut self, handle: &Self::Handle, policy: Arc<WorkloadPolicy>);
+    /// The workload changed but is the same incarnation in the same netns
+    /// (`WorkloadSpec::same_incarnation`): apply `spec` in place, new
+    /// steering in before the old goes. On error nothing changed.
+    fn update_spec(
+        &mut self,
+        handle: &mut Self::Handle,
+        spec: &WorkloadSpec,
+        policy: Arc<WorkloadPolicy>,
+    ) -> anyhow::Result<()>;
     /// Undo `enrol` completely (map entries, pinned links, listener, proxy).
     fn unenrol(&mut self, key: &str, handle: Self::Handle) -> anyhow::Result<()>;
     /// Keys of the workloads whose steering is pinned, including what an
@@ -53,6 +65,8 @@ pub struct Enroller<B: Backend> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub enrolled: Vec<String>,
+    /// Changed in place (same pod).
+    pub updated: Vec<String>,
     pub unenrolled: Vec<String>,
     pub failed: Vec<String>,
 }
@@ -95,9 +109,22 @@ impl<B: Backend> Enroller<B> {
         !self.pending.is_empty()
     }
 
+    /// Wanted workloads not (fully) enrolled: key → last error.
+    pub fn pending(&self) -> &BTreeMap<String, String> {
+        &self.pending
+    }
+
     /// Keys currently enrolled.
     pub fn enrolled_keys(&self) -> Vec<String> {
         self.enrolled.keys().cloned().collect()
+    }
+
+    /// Enrolled workloads: key → instance (a pod's uid).
+    pub fn enrolled_instances(&self) -> BTreeMap<String, String> {
+        self.enrolled
+            .iter()
+            .map(|(k, (spec, _))| (k.clone(), spec.instance.clone()))
+            .collect()
     }
 
     fn resolve(&self, spec: &WorkloadSpec) -> WorkloadPolicy {
@@ -133,12 +160,17 @@ impl<B: Backend> Enroller<B> {
             });
         }
 
-        // Unenrol first: a changed workload is unenrolled, then enrolled anew
-        // (new netns, ips or ports), so its old entries never linger.
+        // Unenrol what is not wanted any more, and what is a new incarnation
+        // under the same key (a pod re-created with its name: new netns);
+        // the latter is enrolled anew below.
         let stale: Vec<String> = self
             .enrolled
             .iter()
-            .filter(|(key, (spec, _))| wanted.get(*key).map(|(w, _)| w) != Some(spec))
+            .filter(|(key, (spec, _))| {
+                wanted
+                    .get(*key)
+                    .is_none_or(|(w, _)| !w.same_incarnation(spec))
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
@@ -148,6 +180,32 @@ impl<B: Backend> Enroller<B> {
                     Err(err) => warn!(wl = %key, "unenrol incomplete: {err:#}"),
                 }
                 progress.unenrolled.push(key);
+            }
+        }
+        // The same pod with other labels, ports, probes…: in place, so that
+        // not one connection reaches it unsteered meanwhile.
+        for (key, (spec, policy)) in &wanted {
+            let Some((old, handle)) = self.enrolled.get_mut(key) else {
+                continue;
+            };
+            if old == spec {
+                continue;
+            }
+            match backend.update_spec(handle, spec, Arc::new(policy.clone())) {
+                Ok(()) => {
+                    info!(wl = %key, "re-enrolled in place");
+                    *old = spec.clone();
+                    self.pending.remove(key);
+                    progress.updated.push(key.clone());
+                }
+                Err(err) => {
+                    let msg = format!("{err:#}");
+                    if self.pending.get(key) != Some(&msg) {
+                        warn!(wl = %key, "cannot apply the workload's change, keeping its previous steering (retrying): {msg}");
+                    }
+                    self.pending.insert(key.clone(), msg);
+                    progress.failed.push(key.clone());
+                }
             }
         }
         // A workload that stops being wanted before it was ever enrolled may

@@ -32,12 +32,33 @@ impl Backend for Fake {
         self.live.insert(spec.key.clone(), self.next);
         self.pins.insert(spec.key.clone());
         self.log.push(format!(
-            "enrol {} {:?} authz={}",
+            "enrol {} {} authz={}",
             spec.key,
             spec.ports,
             policy.authz.len()
         ));
         Ok(self.next)
+    }
+    fn update_spec(
+        &mut self,
+        handle: &mut usize,
+        spec: &WorkloadSpec,
+        policy: Arc<WorkloadPolicy>,
+    ) -> anyhow::Result<()> {
+        assert_eq!(
+            self.live.get(&spec.key),
+            Some(&*handle),
+            "update of a live handle"
+        );
+        if self.fail.contains(&spec.key) {
+            anyhow::bail!("{} map full", spec.key);
+        }
+        self.log.push(format!(
+            "update-spec #{handle} {} authz={}",
+            spec.ports,
+            policy.authz.len()
+        ));
+        Ok(())
     }
     fn update(&mut self, handle: &usize, policy: Arc<WorkloadPolicy>) {
         self.log
@@ -77,9 +98,14 @@ fn pod(name: &str, app: &str, ip: &str) -> WorkloadSpec {
         key: format!("foo/{name}"),
         namespace: "foo".into(),
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        netns: NetnsRef::OwnerOf(ip.parse::<IpAddr>().unwrap()),
+        netns: NetnsRef::Pod {
+            uid: format!("uid-{name}"),
+            ip: ip.parse::<IpAddr>().unwrap(),
+        },
         ips: vec![ip.parse().unwrap()],
-        ports: vec![9080],
+        ports: crate::inbound::PortSelection::Only([9080].into()),
+        protocols: BTreeMap::new(),
+        probes: Vec::new(),
         fail_open: None,
         always: false,
         instance: format!("uid-{name}"),
@@ -122,14 +148,14 @@ fn only_selected_pods_are_enrolled_and_follow_policy_changes() {
 
     e.set_policies(deny_policy("a"));
     e.reconcile(&mut fake);
-    assert_eq!(drain(&mut fake), ["enrol foo/a [9080] authz=1"]);
+    assert_eq!(drain(&mut fake), ["enrol foo/a 9080 authz=1"]);
 
     // Re-selecting to b: a is unenrolled, b enrolled.
     e.set_policies(deny_policy("b"));
     e.reconcile(&mut fake);
     assert_eq!(
         drain(&mut fake),
-        ["unenrol foo/a", "enrol foo/b [9080] authz=1"]
+        ["unenrol foo/a", "enrol foo/b 9080 authz=1"]
     );
 
     // Policy deleted: back to open, nothing left.
@@ -156,16 +182,27 @@ fn relabel_and_deletion_and_recreation() {
     // Same name, new pod (uid and IP): unenrol then enrol.
     e.set_workloads(vec![WorkloadSpec {
         instance: "uid-a2".into(),
+        netns: NetnsRef::Pod {
+            uid: "uid-a2".into(),
+            ip: "10.0.0.9".parse().unwrap(),
+        },
         ..pod("a", "a", "10.0.0.9")
     }]);
     e.reconcile(&mut fake);
     assert_eq!(
         drain(&mut fake),
-        ["unenrol foo/a", "enrol foo/a [9080] authz=1"]
+        ["unenrol foo/a", "enrol foo/a 9080 authz=1"]
     );
 
     // Relabelled out of the selector.
-    e.set_workloads(vec![pod("a", "other", "10.0.0.9")]);
+    e.set_workloads(vec![WorkloadSpec {
+        instance: "uid-a2".into(),
+        netns: NetnsRef::Pod {
+            uid: "uid-a2".into(),
+            ip: "10.0.0.9".parse().unwrap(),
+        },
+        ..pod("a", "other", "10.0.0.9")
+    }]);
     e.reconcile(&mut fake);
     assert_eq!(drain(&mut fake), ["unenrol foo/a"]);
 
@@ -174,6 +211,49 @@ fn relabel_and_deletion_and_recreation() {
     e.reconcile(&mut fake);
     assert!(drain(&mut fake).is_empty());
     assert!(fake.live.is_empty());
+}
+
+#[test]
+fn changes_to_the_same_pod_are_applied_in_place_never_unsteered() {
+    let mut e = Enroller::<Fake>::new("istio-system");
+    let mut fake = Fake::default();
+    // Selects app=a and app=b alike.
+    let (set, errors) = PolicySet::parse(&[(
+        "test".into(),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\n\
+         spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/admin]}\n"
+            .into(),
+    )]);
+    assert!(errors.is_empty());
+    e.set_policies(Arc::new(set));
+    e.set_workloads(vec![pod("a", "a", "10.0.0.2")]);
+    e.reconcile(&mut fake);
+    drain(&mut fake);
+
+    // Relabelled (still selected), then its ports changed: in place.
+    e.set_workloads(vec![pod("a", "b", "10.0.0.2")]);
+    let p = e.reconcile(&mut fake);
+    assert_eq!(p.updated, ["foo/a"]);
+    assert_eq!(drain(&mut fake), ["update-spec #1 9080 authz=1"]);
+    e.set_workloads(vec![WorkloadSpec {
+        ports: crate::inbound::PortSelection::all(),
+        ..pod("a", "b", "10.0.0.2")
+    }]);
+    e.reconcile(&mut fake);
+    assert_eq!(drain(&mut fake), ["update-spec #1 all authz=1"]);
+
+    // An update that fails keeps the old steering and is retried.
+    fake.fail = vec!["foo/a".into()];
+    e.set_workloads(vec![pod("a", "b", "10.0.0.2")]);
+    let p = e.reconcile(&mut fake);
+    assert_eq!(p.failed, ["foo/a"]);
+    assert!(!e.is_ready());
+    assert!(e.pending().contains_key("foo/a"));
+    assert!(drain(&mut fake).is_empty(), "nothing unenrolled");
+    fake.fail.clear();
+    e.reconcile(&mut fake);
+    assert_eq!(drain(&mut fake), ["update-spec #1 9080 authz=1"]);
+    assert!(e.is_ready());
 }
 
 #[test]
@@ -212,7 +292,7 @@ fn listed_workloads_are_enrolled_without_policy() {
         ..pod("a", "a", "10.0.0.2")
     }]);
     e.reconcile(&mut fake);
-    assert_eq!(drain(&mut fake), ["enrol foo/a [9080] authz=0"]);
+    assert_eq!(drain(&mut fake), ["enrol foo/a 9080 authz=0"]);
     e.clear(&mut fake);
     assert!(fake.live.is_empty());
 }
@@ -247,7 +327,7 @@ fn pins_left_by_an_earlier_agent_are_removed_unless_wanted() {
             "remove pins foo/b",
             "remove pins foo/c",
             "remove pins foo/d",
-            "enrol foo/a [9080] authz=1"
+            "enrol foo/a 9080 authz=1"
         ],
         "the wanted workload keeps its pins and is re-adopted"
     );

@@ -2,6 +2,7 @@
 //! `requires_any`/`allow_missing` requirement, per-token verification in
 //! jwt_verify_lib's order (§2.4) and the side effects of success (§2.6).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -9,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::cache::{Lookup, TokenCache};
 use super::error::JwtError;
-use super::extract::{extract_borrowed, Found, TokenLocation};
+use super::extract::{extract_borrowed, without_params, Found, TokenLocation};
 use super::token::{parse, Jwt};
 use super::verify::verify_signature;
 use super::JwkSet;
@@ -55,14 +56,28 @@ impl Identity {
     }
 }
 
-/// Request changes implied by authentication.
+/// Request changes implied by authentication. The engine evaluates RBAC on
+/// the request with these edits applied, and the proxy forwards it so: the
+/// application and RBAC see the same request, as behind Envoy (§1, §2.6).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthnEdits {
-    /// Header names (lower case) to remove.
+    /// Header names (lower case) to remove: every output header of every
+    /// rule (anti-spoofing), and the header each consumed token came from.
     pub remove_headers: Vec<String>,
+    /// Headers to add after the removal (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders` of the provider that verified).
     pub add_headers: Vec<(String, String)>,
     /// Query parameters to remove from the forwarded path.
     pub remove_params: Vec<String>,
+}
+
+impl AuthnEdits {
+    /// The query after the consumed token parameters are removed: what
+    /// `request.headers[:path]` sees and what is forwarded. `None`: no query
+    /// is left.
+    pub fn query_after<'q>(&self, query: Option<&'q str>) -> Option<Cow<'q, str>> {
+        without_params(query?, &self.remove_params)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,8 +90,56 @@ pub struct AuthnOutcome {
 /// The tokens one provider verified, with where each was found.
 type Verified<'a> = Vec<(Found<'a>, Arc<Jwt>)>;
 
+/// The headers jwt_authn clears from every request before it looks for
+/// tokens, whatever happens next (§2.6 anti-spoofing): every rule's
+/// `outputPayloadToHeader` and `outputClaimToHeaders` header, lower case.
+///
+/// All rules' headers, always. Envoy clears a provider's headers only when
+/// that provider's verifier runs, and `requires_any` stops at the first
+/// provider that verified (`BaseGroupVerifierImpl::verify`), so behind
+/// Envoy a client holding a valid token of rule A keeps a forged value in
+/// rule B's output header. jwtgate does not reproduce that hole.
+pub fn spoofable_headers(rules: &[Arc<JwtRule>]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for rule in rules {
+        let outputs = rule
+            .output_payload_to_header
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .chain(rule.output_claim_to_headers.iter().map(|(h, _)| h.clone()));
+        for name in outputs {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// A request jwt_authn does not verify (Istio's `bypass_cors_preflight`,
+/// §2.5): no token is looked at, no identity. Envoy skips the filter
+/// entirely, clearing nothing; jwtgate still clears the output headers
+/// (`spoofable_headers`), so a preflight cannot carry a forged claim header
+/// to RBAC or the application either.
+pub fn bypass(rules: &[Arc<JwtRule>]) -> AuthnOutcome {
+    AuthnOutcome {
+        result: Ok(None),
+        edits: AuthnEdits {
+            remove_headers: spoofable_headers(rules),
+            ..AuthnEdits::default()
+        },
+    }
+}
+
 /// Run all `rules` (already sorted by issuer) against one request. With a
 /// `cache`, signatures already verified on this node are not verified again.
+///
+/// Envoy's order (`verifier.cc`): the output headers are cleared first;
+/// providers are tried in order and the first one whose tokens all verify
+/// decides: its token headers/parameters are consumed (unless
+/// `forwardOriginalToken`), its output headers written, its last token is
+/// the identity. Later providers are not run at all. When none verifies,
+/// the errors are aggregated (`aggregate`).
 pub fn authenticate(
     rules: &[Arc<JwtRule>],
     headers: &[(String, String)],
@@ -85,75 +148,81 @@ pub fn authenticate(
     now: u64,
     cache: Option<&TokenCache>,
 ) -> AuthnOutcome {
-    let mut edits = AuthnEdits::default();
-    // §2.6 anti-spoofing: output headers are cleared whatever happens next.
+    let mut edits = AuthnEdits {
+        remove_headers: spoofable_headers(rules),
+        ..AuthnEdits::default()
+    };
+    let mut failures = Failures::default();
     for rule in rules {
-        edits.remove_headers.extend(
-            rule.output_payload_to_header
-                .iter()
-                .map(|h| h.to_ascii_lowercase()),
+        let verified = verify_provider(
+            rule,
+            headers,
+            &edits.remove_headers,
+            query,
+            &keys(rule),
+            now,
+            cache,
         );
-        edits
-            .remove_headers
-            .extend(rule.output_claim_to_headers.iter().map(|(h, _)| h.clone()));
-    }
-    if rules.is_empty() {
-        return AuthnOutcome {
-            result: Ok(None),
-            edits,
-        };
-    }
-
-    let results: Vec<Result<Verified, JwtError>> = rules
-        .iter()
-        .map(|rule| verify_provider(rule, headers, query, &keys(rule), now, cache))
-        .collect();
-
-    let result = combine(&results).map(|_| {
-        // Every provider that verified writes its effects; like Envoy's
-        // metadata, the last verified token defines the identity.
-        let mut last = None;
-        for (rule, res) in rules.iter().zip(&results) {
-            let Ok(tokens) = res else { continue };
-            for (found, jwt) in tokens {
-                apply_success(rule, found, jwt, &mut edits);
-                last = Some((rule, jwt));
+        match verified {
+            Ok(tokens) => {
+                for (found, jwt) in &tokens {
+                    apply_success(rule, found, jwt, &mut edits);
+                }
+                // Like Envoy's metadata, the last verified token of the
+                // provider defines the identity.
+                let identity = tokens.last().map(|(_, jwt)| make_identity(rule, jwt));
+                dedup(&mut edits.remove_headers);
+                dedup(&mut edits.remove_params);
+                return AuthnOutcome {
+                    result: Ok(identity),
+                    edits,
+                };
             }
+            Err(e) => failures.note(e),
         }
-        last.map(|(rule, jwt)| make_identity(rule, jwt))
-    });
-    dedup(&mut edits.remove_headers);
-    dedup(&mut edits.remove_params);
-    AuthnOutcome { result, edits }
+    }
+    AuthnOutcome {
+        result: failures.outcome().map(|()| None),
+        edits,
+    }
 }
 
-/// §2.2 requirement: one provider = `requires_any[p0, allow_missing]`;
-/// N ≥ 2 = `requires_any[p0..pN-1, requires_all[requires_any[pi, allow_missing]…]]`.
-/// Both reduce to: OK if some provider verified, or if all providers either
-/// verified or found no token; otherwise the aggregated error.
-fn combine<T>(results: &[Result<T, JwtError>]) -> Result<(), JwtError> {
-    if results.iter().any(Result::is_ok) {
-        return Ok(());
-    }
-    let errors = results.iter().filter_map(|r| r.as_ref().err().copied());
-    // requires_any aggregation: a "real" error beats UnknownIssuer, which
-    // beats Missing; the requires_all child only repeats a provider error.
-    let mut agg = JwtError::Missing;
-    for e in errors {
-        match e {
-            JwtError::Missing => {}
-            JwtError::UnknownIssuer => agg = JwtError::UnknownIssuer,
-            other => {
-                agg = other;
-                break;
-            }
+/// The provider errors of a request no provider verified, reduced as
+/// Istio's requirement reduces them (§2.2): one provider =
+/// `requires_any[p0, allow_missing]`; N ≥ 2 = `requires_any[p0..pN-1,
+/// requires_all[requires_any[pi, allow_missing]…]]`. Envoy's `requires_any`
+/// aggregation (`AnyVerifierImpl::onComplete`) walks its children in order:
+/// a "real" error (neither missing nor unknown issuer) always replaces the
+/// result, an unknown issuer only replaces "missing". The last child,
+/// `requires_all`, fails with the first provider error that is not
+/// "missing". So: when that first error is real it is the answer; otherwise
+/// the last real error, else unknown issuer; all missing is success
+/// (`allow_missing`). Tracked as the errors come, without a list.
+#[derive(Default)]
+struct Failures {
+    /// The first error that is not `Missing`.
+    first: Option<JwtError>,
+    /// The last error that is neither `Missing` nor `UnknownIssuer`.
+    last_real: Option<JwtError>,
+}
+
+impl Failures {
+    fn note(&mut self, e: JwtError) {
+        if e == JwtError::Missing {
+            return;
+        }
+        self.first.get_or_insert(e);
+        if e != JwtError::UnknownIssuer {
+            self.last_real = Some(e);
         }
     }
-    // allow_missing turns an all-missing outcome into success.
-    if agg == JwtError::Missing {
-        Ok(())
-    } else {
-        Err(agg)
+
+    fn outcome(self) -> Result<(), JwtError> {
+        match self.first {
+            None => Ok(()),
+            Some(JwtError::UnknownIssuer) => Err(self.last_real.unwrap_or(JwtError::UnknownIssuer)),
+            Some(real) => Err(real),
+        }
     }
 }
 
@@ -163,12 +232,13 @@ fn combine<T>(results: &[Result<T, JwtError>]) -> Result<(), JwtError> {
 fn verify_provider<'a>(
     rule: &'a JwtRule,
     headers: &'a [(String, String)],
+    cleared: &[String],
     query: Option<&'a str>,
     keys: &Keys,
     now: u64,
     cache: Option<&TokenCache>,
 ) -> Result<Verified<'a>, JwtError> {
-    let found = extract_borrowed(&rule.locations, headers, query);
+    let found = extract_borrowed(&rule.locations, headers, cleared, query);
     if found.is_empty() {
         return Err(JwtError::Missing);
     }

@@ -7,7 +7,7 @@
 //! that asks (`authn::check_claims`), so the rule of one workload never
 //! leaks into another's decision. Pure: the clock is an argument.
 //!
-//! - Key: the token itself (`Box<str>`), which the issue allows besides a
+//! - Key of verified tokens: the token itself (`Box<str>`), which the issue allows besides a
 //!   SHA-256 digest. The table's hash (ahash, seeded at random per process)
 //!   only chooses the shard and the bucket; an entry is used only when its
 //!   stored token equals the presented one, compared in full. Two different
@@ -23,14 +23,22 @@
 //!   key set to be that generation or to still hold the thumbprint; a key
 //!   that left its JWKS is also swept out by `forget_keys` on refresh.
 //! - Lifetime ≤ the token's `exp` (and ≤ `max_ttl_secs` for tokens without).
-//! - Bounded by entries and bytes: each entry weighs `max(bytes, max_bytes /
-//!   max_entries)`, so a weight capacity of `max_bytes` caps both at once.
+//! - Bounded by entries and bytes: an entry weighs what it really holds on
+//!   the heap (`cache/weight.rs`: the token, the parsed payload walked
+//!   block by block, room for its memoized identity claims, the table's
+//!   own slot) but never less than `max_bytes / max_entries`, so a weight
+//!   capacity of `max_bytes` caps both at once.
 //! - Negative entries for tokens whose signature check failed, for
 //!   `negative_ttl_secs`, valid only against the same key-set generation (a
-//!   refreshed set gets a fresh verdict). Same key as the positive table, so
-//!   a success removes exactly the failure it replaces; bounded by count
-//!   (`negative_max_entries`), each entry holding its token and parsed
-//!   payload.
+//!   refreshed set gets a fresh verdict). Keyed by the token's SHA-256, not
+//!   the token, and holding only the claims the rule checks re-run on a hit
+//!   (issuer, times, audiences): a forged token of maximal size (the 60 KiB
+//!   header limit) then costs a few hundred bytes, not twice its size. A
+//!   digest collision could only make a good token look failed (fail
+//!   closed), and SHA-256 makes that out of reach. Bounded by entries and
+//!   bytes like the positive table (`negative_max_entries`,
+//!   `negative_max_bytes`); a success removes exactly the failure it
+//!   replaces.
 //!
 //! quick_cache provides the sharded, weighted S3-FIFO table: reads take a
 //! shard read lock only, and S3-FIFO keeps a flood of one-off tokens from
@@ -39,8 +47,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use aws_lc_rs::digest;
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, Weighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
 use super::error::JwtError;
 use super::jwks::Thumbprint;
@@ -52,6 +61,11 @@ use super::JwkSet;
 /// copy of the token on the hit path.
 type TokenKey = Box<str>;
 
+/// A negative-table key: SHA-256 of the token.
+type Digest = [u8; 32];
+
+mod weight;
+
 /// Sizes and lifetimes; the agent's flags (`cli/jwt.rs`) fill it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -62,6 +76,8 @@ pub struct CacheConfig {
     /// How long a failed signature check is remembered; 0 turns it off.
     pub negative_ttl_secs: u64,
     pub negative_max_entries: usize,
+    /// Most bytes the failed tokens may take.
+    pub negative_max_bytes: u64,
     /// Lifetime of entries for tokens without `exp`.
     pub max_ttl_secs: u64,
 }
@@ -73,6 +89,7 @@ impl Default for CacheConfig {
             max_bytes: 64 * 1024 * 1024,
             negative_ttl_secs: 30,
             negative_max_entries: 10_000,
+            negative_max_bytes: 16 * 1024 * 1024,
             max_ttl_secs: 3600,
         }
     }
@@ -130,15 +147,16 @@ struct Verified {
 }
 
 struct Failed {
+    /// The claims only (`weight::claims_only`).
     jwt: Arc<Jwt>,
     generation: u64,
     error: JwtError,
     expires_at: u64,
+    bytes: u64,
 }
 
-/// Weight = estimated bytes of the value plus the token held as key, but
-/// never below `floor`, so that the weight capacity also bounds the number
-/// of entries.
+/// Weight = heap bytes of the value plus the key, but never below
+/// `floor`, so that the weight capacity also bounds the number of entries.
 #[derive(Clone)]
 struct ByteWeighter {
     floor: u64,
@@ -146,7 +164,13 @@ struct ByteWeighter {
 
 impl Weighter<TokenKey, Arc<Verified>> for ByteWeighter {
     fn weight(&self, token: &TokenKey, v: &Arc<Verified>) -> u64 {
-        (token.len() as u64 + v.bytes).max(self.floor)
+        (weight::block(token.len()) as u64 + v.bytes).max(self.floor)
+    }
+}
+
+impl Weighter<Digest, Arc<Failed>> for ByteWeighter {
+    fn weight(&self, _: &Digest, v: &Arc<Failed>) -> u64 {
+        v.bytes.max(self.floor)
     }
 }
 
@@ -162,12 +186,12 @@ impl<K, V> Lifecycle<K, V> for CountEvictions {
     }
 }
 
-type Table<V, W> = Cache<TokenKey, Arc<V>, W, DefaultHashBuilder, CountEvictions>;
+type Table<K, V> = Cache<K, Arc<V>, ByteWeighter, DefaultHashBuilder, CountEvictions>;
 
 pub struct TokenCache {
     config: CacheConfig,
-    positive: Option<Table<Verified, ByteWeighter>>,
-    negative: Option<Table<Failed, UnitWeighter>>,
+    positive: Option<Table<TokenKey, Verified>>,
+    negative: Option<Table<Digest, Failed>>,
     stats: Arc<CacheStats>,
 }
 
@@ -184,31 +208,16 @@ impl TokenCache {
     pub fn new(config: CacheConfig) -> TokenCache {
         let stats = Arc::new(CacheStats::default());
         let lifecycle = CountEvictions(stats.clone());
-        let positive = (config.max_entries > 0 && config.max_bytes > 0).then(|| {
-            let floor = config.max_bytes.div_ceil(config.max_entries as u64).max(1);
-            // quick_cache shards by the expected item count; the byte bound
-            // may allow fewer items than max_entries (about 1 KiB each), and
-            // a shard too small for one entry would reject every insert.
-            let expected = config
-                .max_entries
-                .min((config.max_bytes / 1024) as usize)
-                .max(1);
-            Cache::with(
-                expected,
-                config.max_bytes,
-                ByteWeighter { floor },
-                DefaultHashBuilder::default(),
-                lifecycle.clone(),
-            )
-        });
-        let negative =
-            (config.negative_ttl_secs > 0 && config.negative_max_entries > 0).then(|| {
-                Cache::with(
+        let positive = (config.max_entries > 0 && config.max_bytes > 0)
+            .then(|| table(config.max_entries, config.max_bytes, &lifecycle));
+        let negative = (config.negative_ttl_secs > 0
+            && config.negative_max_entries > 0
+            && config.negative_max_bytes > 0)
+            .then(|| {
+                table(
                     config.negative_max_entries,
-                    config.negative_max_entries as u64,
-                    UnitWeighter,
-                    DefaultHashBuilder::default(),
-                    lifecycle,
+                    config.negative_max_bytes,
+                    &lifecycle,
                 )
             });
         TokenCache {
@@ -245,6 +254,11 @@ impl TokenCache {
         self.negative.as_ref().map_or(0, Cache::len)
     }
 
+    /// Bytes held by failed tokens.
+    pub fn negative_bytes(&self) -> u64 {
+        self.negative.as_ref().map_or(0, Cache::weight)
+    }
+
     /// What is known about `token` when checked against `keys` at `now`
     /// (UNIX seconds). Counts a hit, a negative hit or a miss.
     pub(crate) fn lookup(&self, token: &str, keys: &JwkSet, now: u64) -> Lookup {
@@ -265,7 +279,7 @@ impl TokenCache {
             }
         }
         if let Some(negative) = &self.negative {
-            if let Some(e) = negative.get(token) {
+            if let Some(e) = negative.get(&digest_of(token)) {
                 if now < e.expires_at && e.generation == keys.generation() {
                     self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
                     return Lookup::Failed(e.jwt.clone(), e.error);
@@ -301,9 +315,12 @@ impl TokenCache {
             return;
         }
         if let Some(negative) = &self.negative {
-            negative.remove(token);
+            if !negative.is_empty() {
+                negative.remove(&digest_of(token));
+            }
         }
-        let bytes = entry_bytes(&jwt);
+        let bytes = (std::mem::size_of::<Verified>() + 16 + weight::jwt(&jwt)) as u64
+            + weight::TABLE_OVERHEAD;
         positive.insert(
             token.into(),
             Arc::new(Verified {
@@ -326,17 +343,23 @@ impl TokenCache {
         error: JwtError,
         now: u64,
     ) {
-        if let Some(negative) = &self.negative {
-            negative.insert(
-                token.into(),
-                Arc::new(Failed {
-                    jwt,
-                    generation: keys.generation(),
-                    error,
-                    expires_at: now.saturating_add(self.config.negative_ttl_secs),
-                }),
-            );
-        }
+        let Some(negative) = &self.negative else {
+            return;
+        };
+        let jwt = weight::claims_only(&jwt);
+        let bytes = (std::mem::size_of::<Failed>() + 16 + weight::jwt(&jwt)) as u64
+            + std::mem::size_of::<Digest>() as u64
+            + weight::TABLE_OVERHEAD;
+        negative.insert(
+            digest_of(token),
+            Arc::new(Failed {
+                jwt: Arc::new(jwt),
+                generation: keys.generation(),
+                error,
+                expires_at: now.saturating_add(self.config.negative_ttl_secs),
+                bytes,
+            }),
+        );
     }
 
     /// Count one signature verification that actually ran.
@@ -366,14 +389,28 @@ impl TokenCache {
     }
 }
 
-/// Estimated heap bytes of one entry's value: the struct, the payload text,
-/// and the parsed claims (serde_json maps cost roughly three times their
-/// text). The token kept as key is added by `ByteWeighter`.
-fn entry_bytes(jwt: &Jwt) -> u64 {
-    let strings = jwt.iss.as_ref().map_or(0, String::len)
-        + jwt.sub.as_ref().map_or(0, String::len)
-        + jwt.kid.as_ref().map_or(0, String::len)
-        + jwt.aud.iter().map(|a| a.len() + 24).sum::<usize>();
-    let fixed = std::mem::size_of::<Verified>() + std::mem::size_of::<Jwt>() + 64;
-    (fixed + strings + jwt.payload_b64.len() * 4) as u64
+/// A weighted table for at most `max_entries` entries and `max_bytes`.
+fn table<K, V>(max_entries: usize, max_bytes: u64, lifecycle: &CountEvictions) -> Table<K, V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    ByteWeighter: Weighter<K, Arc<V>>,
+{
+    let floor = max_bytes.div_ceil(max_entries as u64).max(1);
+    // quick_cache shards by the expected item count; the byte bound may
+    // allow fewer items than max_entries (about 1 KiB each), and a shard
+    // too small for one entry would reject every insert.
+    let expected = max_entries.min((max_bytes / 1024) as usize).max(1);
+    Cache::with(
+        expected,
+        max_bytes,
+        ByteWeighter { floor },
+        DefaultHashBuilder::default(),
+        lifecycle.clone(),
+    )
+}
+
+fn digest_of(token: &str) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    out
 }

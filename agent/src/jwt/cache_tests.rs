@@ -162,6 +162,43 @@ fn negative_cache_remembers_bad_signatures_briefly() {
 }
 
 #[test]
+fn failed_tokens_are_bounded_in_bytes_whatever_their_size() {
+    let s = Signers::new();
+    let keys = Keys::Set(Arc::new(s.jwks()));
+    let r = rule("me");
+    let c = TokenCache::new(CacheConfig {
+        negative_max_bytes: 256 * 1024,
+        ..CacheConfig::default()
+    });
+    // A 40 KB payload costs the negative cache only its claims.
+    let pad = "x".repeat(40_000);
+    for i in 0..50 {
+        let t = tamper(&s.token(
+            "RS256",
+            Some("rsa"),
+            &format!(r#"{{"iss":"me","jti":"{i}","pad":"{pad}"}}"#),
+        ));
+        verify_token_cached(&r, &t, &keys, NOW, Some(&c)).unwrap_err();
+    }
+    assert_eq!(c.negative_len(), 50);
+    assert!(c.negative_bytes() < 50 * 1024, "{}", c.negative_bytes());
+    // Claims that are the bulk (thousands of audiences) weigh what they
+    // hold, and the byte bound evicts.
+    let auds = vec![r#""a""#; 300].join(",");
+    for i in 0..50 {
+        let t = tamper(&s.token(
+            "RS256",
+            Some("rsa"),
+            &format!(r#"{{"iss":"me","jti":"a{i}","aud":[{auds}]}}"#),
+        ));
+        verify_token_cached(&r, &t, &keys, NOW, Some(&c)).unwrap_err();
+        assert!(c.negative_bytes() <= 256 * 1024);
+    }
+    assert!(c.negative_len() < 50);
+    assert!(n(&c.stats().evictions) > 0);
+}
+
+#[test]
 fn removed_key_invalidates_its_tokens() {
     let s = Signers::new();
     let all = s.jwks();

@@ -45,7 +45,7 @@ pub fn extract(
     headers: &[(String, String)],
     query: Option<&str>,
 ) -> Vec<FoundToken> {
-    extract_borrowed(locations, headers, query)
+    extract_borrowed(locations, headers, &[], query)
         .into_iter()
         .map(|f| FoundToken {
             token: f.token.into_owned(),
@@ -64,18 +64,22 @@ pub(crate) struct Found<'a> {
     pub location: &'a TokenLocation,
 }
 
-/// `extract`, without copies.
+/// `extract`, without copies. Header lines named in `hidden` (lower case)
+/// are not looked at: jwt_authn clears its output headers before it
+/// extracts (§2.6), so a token can never be read from one of them.
 pub(crate) fn extract_borrowed<'a>(
     locations: &'a [TokenLocation],
     headers: &'a [(String, String)],
+    hidden: &[String],
     query: Option<&'a str>,
 ) -> Vec<Found<'a>> {
+    let visible = |n: &str| !hidden.iter().any(|h| h.eq_ignore_ascii_case(n));
     let mut found = Vec::new();
     for loc in locations {
         match loc {
             TokenLocation::Header { name, prefix } => {
                 for (n, v) in headers {
-                    if !n.eq_ignore_ascii_case(name) {
+                    if !n.eq_ignore_ascii_case(name) || !visible(n) {
                         continue;
                     }
                     if let Some(token) = from_header_value(trim_ows(v), prefix) {
@@ -104,7 +108,7 @@ pub(crate) fn extract_borrowed<'a>(
             TokenLocation::Cookie(name) => {
                 let value = headers
                     .iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie") && visible(n))
                     .flat_map(|(_, v)| v.split(';'))
                     .filter_map(|c| c.trim().split_once('='))
                     .find(|(k, _)| k == name)
@@ -119,6 +123,28 @@ pub(crate) fn extract_borrowed<'a>(
         }
     }
     found
+}
+
+/// `query` without every `key=value` pair whose (decoded) key is one of
+/// `names`: the token parameters jwt_authn consumed (§2.6). The key is
+/// compared decoded, as extraction compares it, so `access%5Ftoken=` cannot
+/// keep a consumed token in the forwarded query; every pair of that key goes,
+/// not only the first one extraction read. The other pairs are kept byte for
+/// byte. `None` when nothing is left (no `?` is forwarded then).
+pub(crate) fn without_params<'q>(query: &'q str, names: &[String]) -> Option<Cow<'q, str>> {
+    let consumed = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        names.iter().any(|n| url_decode(key) == n.as_str())
+    };
+    if names.is_empty() || !query.split('&').any(consumed) {
+        return Some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !consumed(p)).collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(Cow::Owned(kept.join("&")))
+    }
 }
 
 /// HTTP codecs strip optional whitespace around field values; Envoy sees the
@@ -245,6 +271,47 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{headers:?} {query:?}");
         }
+    }
+
+    #[test]
+    fn consumed_parameters_leave_the_query() {
+        // (query, consumed, forwarded query)
+        let names = vec!["access_token".to_string()];
+        let cases: &[(&str, &[String], Option<&str>)] = &[
+            ("access_token=a.b.c", &names, None),
+            ("x=1&access_token=a.b.c&y=%2F", &names, Some("x=1&y=%2F")),
+            // Encoded key: extraction decodes it, so removal must too.
+            ("access%5Ftoken=a.b.c&x=1", &names, Some("x=1")),
+            // Every pair of the key goes, not only the one that was read.
+            ("access_token=t1&access_token=t2", &names, None),
+            ("access_tokenx=1", &names, Some("access_tokenx=1")),
+            ("x=1", &[], Some("x=1")),
+            ("", &names, Some("")),
+        ];
+        for (query, consumed, want) in cases {
+            assert_eq!(
+                without_params(query, consumed).as_deref(),
+                *want,
+                "{query} - {consumed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hidden_headers_carry_no_token() {
+        // A header jwt_authn clears (an output header) is never a token source.
+        let locs = vec![
+            TokenLocation::Header {
+                name: "x-jwt".into(),
+                prefix: String::new(),
+            },
+            TokenLocation::Cookie("session".into()),
+        ];
+        let headers = h(&[("X-JWT", "x.y.z"), ("Cookie", "session=c.d.e")]);
+        let all = extract_borrowed(&locs, &headers, &[], None);
+        assert_eq!(all.len(), 2);
+        let hidden = ["x-jwt".to_string(), "cookie".to_string()];
+        assert!(extract_borrowed(&locs, &headers, &hidden, None).is_empty());
     }
 
     #[test]

@@ -274,7 +274,10 @@ fn requirement_combination() {
     // §2.2 table: one rule vs rules A and B with the same default location.
     let s = Signers::new();
     let keys = Arc::new(s.jwks());
-    let lookup = |_: &JwtRule| Keys::Set(keys.clone());
+    let lookup = |r: &JwtRule| match &r.jwks {
+        JwksSource::Inline(set) => Keys::Set(set.clone()),
+        _ => Keys::Set(keys.clone()),
+    };
     let a = arc(rule("A"));
     let b = arc(rule("B"));
     let tok = |iss: &str, exp: u64| {
@@ -292,6 +295,11 @@ fn requirement_combination() {
     };
     let one = [a.clone()];
     let two = [a.clone(), b.clone()];
+    let mut b_other_keys = rule("B");
+    b_other_keys.jwks = JwksSource::Inline(Arc::new(Signers::new().jwks()));
+    let mut b_audience = rule("B");
+    b_audience.audiences = vec!["elsewhere".into()];
+    let three = [a.clone(), arc(b_other_keys), arc(b_audience)];
     type Case<'a> = (
         &'a [Arc<JwtRule>],
         Vec<(String, String)>,
@@ -306,6 +314,10 @@ fn requirement_combination() {
         (&two, h(&tok("C", NOW)), Err(JwtError::UnknownIssuer)),
         (&two, h(&tok("B", 1)), Err(JwtError::Expired)),
         (&two, h("garbage"), Err(JwtError::BadFormat)),
+        // Three rules, one token of issuer B: A says unknown issuer, B1
+        // signature failure (other keys), B2 audience. requires_any keeps
+        // the last real error when the first failure is an unknown issuer.
+        (&three, h(&tok("B", NOW)), Err(JwtError::AudienceNotAllowed)),
         // Two tokens: both must verify (§2.3 "all of them must be valid").
         (
             &one,

@@ -14,10 +14,26 @@ use super::policies::Problem;
 use crate::sources::jwks::FetchOutcome;
 
 pub struct PolicyEvents {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     reported: HashSet<(Option<String>, String)>,
     jwks: JwksFailures,
+    /// Pod warnings per reason, reported once while they last.
+    pods: BTreeMap<&'static str, HashSet<(Option<String>, String)>>,
 }
+
+/// Something a pod's owner must fix or know: `kubectl describe pod` shows it.
+#[derive(Debug, Clone)]
+pub struct PodWarning {
+    pub pod: ObjectReference,
+    pub message: String,
+}
+
+/// A port annotation did not parse; every port is steered instead.
+pub const BAD_PORT_ANNOTATION: &str = "InvalidPortAnnotation";
+/// A pod a policy selects could not be enrolled (yet): its traffic is not
+/// verified.
+pub const NOT_PROTECTED: &str = "NotProtected";
 
 impl PolicyEvents {
     pub fn new(client: Client, node: &str) -> PolicyEvents {
@@ -26,9 +42,42 @@ impl PolicyEvents {
             instance: Some(format!("jwtgate-{node}")),
         };
         PolicyEvents {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
             reported: HashSet::new(),
             jwks: JwksFailures::default(),
+            pods: BTreeMap::new(),
+        }
+    }
+
+    /// The current warnings of kind `reason` (all of them: a warning that
+    /// is gone is forgotten, so it is reported again if it comes back).
+    pub fn pod_warnings(&mut self, reason: &'static str, warnings: &[PodWarning]) {
+        let current: HashSet<(Option<String>, String)> = warnings
+            .iter()
+            .map(|w| (w.pod.uid.clone(), w.message.clone()))
+            .collect();
+        let reported = self.pods.entry(reason).or_default();
+        let fresh: Vec<&PodWarning> = warnings
+            .iter()
+            .filter(|w| !reported.contains(&(w.pod.uid.clone(), w.message.clone())))
+            .collect();
+        *reported = current;
+        for w in fresh {
+            warn!(pod = %describe(&w.pod), reason, "{}", w.message);
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(truncate(&w.message, 1000)),
+                action: if reason == NOT_PROTECTED {
+                    "Enrol"
+                } else {
+                    "SteerAllPorts"
+                }
+                .into(),
+                secondary: None,
+            };
+            self.publish(event, &w.pod);
         }
     }
 
@@ -88,8 +137,14 @@ impl PolicyEvents {
 
     /// Off the sync path: a slow or refusing API server must not delay
     /// enforcement.
+    ///
+    /// A fresh `Recorder` each time: kube's recorder folds events that share
+    /// reason, action and object into one series and keeps the *first*
+    /// note, so a pod whose enrolment fails for a new reason would go on
+    /// showing the old one. Repeats are already filtered out above (each
+    /// problem is published once while it lasts), so nothing is lost.
     fn publish(&self, event: Event, reference: &ObjectReference) {
-        let recorder = self.recorder.clone();
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let reference = reference.clone();
         let name = describe(&reference);
         tokio::spawn(async move {

@@ -57,12 +57,52 @@ pub(super) fn render(out: &mut String) {
             value.load(Ordering::Relaxed)
         );
     }
-    out.push_str("# HELP jwtgate_token_cache_entries Verified tokens held.\n");
-    out.push_str("# TYPE jwtgate_token_cache_entries gauge\n");
-    let _ = writeln!(out, "jwtgate_token_cache_entries {}", cache.len());
-    out.push_str("# HELP jwtgate_token_cache_bytes Estimated bytes held by verified tokens.\n");
-    out.push_str("# TYPE jwtgate_token_cache_bytes gauge\n");
-    let _ = writeln!(out, "jwtgate_token_cache_bytes {}", cache.bytes());
+    let c = cache.config();
+    super::gauges(
+        out,
+        &[
+            (
+                "token_cache_entries",
+                "Verified tokens held.",
+                cache.len() as u64,
+            ),
+            (
+                "token_cache_max_entries",
+                "Bound on jwtgate_token_cache_entries.",
+                c.max_entries as u64,
+            ),
+            (
+                "token_cache_bytes",
+                "Bytes held by verified tokens (heap estimate).",
+                cache.bytes(),
+            ),
+            (
+                "token_cache_max_bytes",
+                "Bound on jwtgate_token_cache_bytes.",
+                c.max_bytes,
+            ),
+            (
+                "token_cache_negative_entries",
+                "Failed tokens held.",
+                cache.negative_len() as u64,
+            ),
+            (
+                "token_cache_negative_max_entries",
+                "Bound on jwtgate_token_cache_negative_entries.",
+                c.negative_max_entries as u64,
+            ),
+            (
+                "token_cache_negative_bytes",
+                "Bytes held by failed tokens (heap estimate).",
+                cache.negative_bytes(),
+            ),
+            (
+                "token_cache_negative_max_bytes",
+                "Bound on jwtgate_token_cache_negative_bytes.",
+                c.negative_max_bytes,
+            ),
+        ],
+    );
     out.push_str("# HELP jwtgate_jwt_verifications_total Signature verifications run, by algorithm and result.\n");
     out.push_str("# TYPE jwtgate_jwt_verifications_total counter\n");
     for (alg, ok, failed) in s.verifications_by_alg() {

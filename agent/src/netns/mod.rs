@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use nix::sched::{setns, CloneFlags};
 
 mod find;
-pub use find::Finder;
+mod passthrough;
+pub use find::{FindError, Finder};
+pub use passthrough::{PASSTHROUGH_V4, PASSTHROUGH_V6};
 
 /// Identity of a network namespace: equal ids mean the same namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,36 +85,54 @@ impl Netns {
         Ok(out)
     }
 
-    /// Create the verifier listener inside the namespace. Its address does not
-    /// matter for steering (sk_lookup hands it connections for any address),
-    /// so it takes an ephemeral loopback port that cannot clash with the app.
-    pub fn bind_listener(&self) -> io::Result<TcpListener> {
-        let listener = self.run(|| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))??;
+    /// Create a verifier listener of `ip`'s family inside the namespace. Its
+    /// address does not matter for steering (sk_lookup hands it connections
+    /// for any address of its family), so it takes an ephemeral loopback port
+    /// that cannot clash with the app. Connections made to that address
+    /// directly are not steered ones: the proxy refuses them.
+    pub fn bind_listener(&self, ip: IpAddr) -> io::Result<TcpListener> {
+        let addr = match ip {
+            IpAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+        };
+        let listener = self.run(|| TcpListener::bind(addr))??;
         listener.set_nonblocking(true)?;
         Ok(listener)
+    }
+
+    /// Make sure the IPv6 passthrough source `::6` exists on the loopback
+    /// device, as Istio's sidecar does: the verifier's forward hop to the
+    /// app must come from an address the namespace owns (unlike 127.0.0.6,
+    /// ::6 is not loopback by itself) and must travel over `lo`.
+    pub fn ensure_v6_passthrough(&self) -> io::Result<()> {
+        self.run(passthrough::add_v6_to_loopback)?
     }
 
     /// Addresses of the namespace's interfaces, loopback excluded: the
     /// workload's IPs when the workloads file does not list them.
     pub fn addresses(&self) -> io::Result<Vec<IpAddr>> {
-        let addrs = self
-            .run(nix::ifaddrs::getifaddrs)?
-            .map_err(io::Error::from)?;
-        let mut ips: Vec<IpAddr> = addrs
-            .filter_map(|ifa| ifa.address)
-            .filter_map(|addr| {
-                if let Some(v4) = addr.as_sockaddr_in() {
-                    Some(IpAddr::V4(v4.ip()))
-                } else {
-                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-                }
-            })
-            .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
-            .collect();
-        ips.sort();
-        ips.dedup();
-        Ok(ips)
+        self.run(own_addresses)?
     }
+}
+
+/// Addresses of the calling thread's namespace, loopback and link-local
+/// excluded. For the agent (hostNetwork) these are the node's addresses.
+pub fn own_addresses() -> io::Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    let mut ips: Vec<IpAddr> = addrs
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|addr| {
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {

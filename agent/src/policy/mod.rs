@@ -3,14 +3,18 @@
 //!
 //! INTERFACE CONTRACT (used by sources/, proxy/ and cli/; keep these signatures).
 //!
-//! Layout: `raw` (YAML shape), `parse` (documents, validation, RequestAuthn),
+//! Layout: `document` (the one input form of both sources: files and API
+//! objects), `raw` (the spec's shape), `parse` (validation, RequestAuthn),
 //! `rules` (AuthorizationPolicy rules), `model` (what the engines consume),
-//! selection below (§2.1).
+//! `in_force` (the last-good-version rule both sources share), selection
+//! below (§2.1).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod document;
+mod in_force;
 mod model;
 mod parse;
 mod raw;
@@ -19,8 +23,10 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+pub use document::{read_files, DocumentMeta, PolicyDocument};
+pub use in_force::{InForce, Kept, Update};
 pub use model::*;
-pub use parse::parse_duration;
+pub use parse::{parse_duration, DRY_RUN};
 use parse::{Attachment, Parsed};
 
 /// A workload as policy selection sees it.
@@ -66,6 +72,16 @@ impl PolicySet {
     /// `---`-separated documents. Resources of other kinds are ignored; invalid
     /// ones are reported and left out.
     pub fn parse(files: &[(String, String)]) -> (PolicySet, Vec<PolicyError>) {
+        let (docs, mut errors) = read_files(files);
+        let (set, more) = PolicySet::from_documents(&docs);
+        errors.extend(more);
+        (set, errors)
+    }
+
+    /// Parse documents, whichever source they came from: the one entry point
+    /// of both the folder and the Kubernetes source. Invalid resources are
+    /// reported and left out.
+    pub fn from_documents(docs: &[PolicyDocument]) -> (PolicySet, Vec<PolicyError>) {
         let (
             Parsed {
                 authns,
@@ -73,7 +89,7 @@ impl PolicySet {
                 warnings,
             },
             errors,
-        ) = parse::parse_files(files);
+        ) = parse::parse_documents(docs);
         for w in &warnings {
             tracing::warn!(%w, "policy field not supported");
         }
@@ -159,8 +175,8 @@ impl PolicySet {
     /// stopped parsing keeps all of its previous resources. A broken edit must
     /// never open a workload (nor close one that worked). Resources that were
     /// never valid stay out, as a `kubectl apply` rejected by admission would.
-    /// Returns one line per kept resource or file.
-    pub fn keep_last_good(&mut self, previous: &PolicySet, errors: &[PolicyError]) -> Vec<String> {
+    /// Returns what was kept. `InForce` is the one caller.
+    fn keep_last_good(&mut self, previous: &PolicySet, errors: &[PolicyError]) -> Vec<Kept> {
         let mut kept = Vec::new();
         let mut files: Vec<&str> = errors
             .iter()
@@ -188,10 +204,11 @@ impl PolicySet {
             }
             self.authns.retain(|r| r.origin != file);
             self.authzs.retain(|r| r.origin != file);
-            kept.push(format!(
-                "{file}: keeping its last good version ({} resources)",
-                old_authns.len() + old_authzs.len()
-            ));
+            kept.push(Kept {
+                origin: file.to_owned(),
+                resource: None,
+                resources: old_authns.len() + old_authzs.len(),
+            });
             self.authns.extend(old_authns);
             self.authzs.extend(old_authzs);
         }
@@ -216,10 +233,11 @@ impl PolicySet {
             if old_authns.is_empty() && old_authzs.is_empty() {
                 continue;
             }
-            kept.push(format!(
-                "{}: {}: keeping its last good version",
-                e.origin, e.resource
-            ));
+            kept.push(Kept {
+                origin: e.origin.clone(),
+                resource: Some(e.resource.clone()),
+                resources: old_authns.len() + old_authzs.len(),
+            });
             self.authns.extend(old_authns);
             self.authzs.extend(old_authzs);
         }

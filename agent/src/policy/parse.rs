@@ -1,6 +1,7 @@
-//! YAML documents → validated policies. Validation follows Istio admission
-//! (§2.8, §3.14) so that what Kubernetes would reject is reported here too
-//! and left out, while the other resources still load.
+//! Policy documents → validated policies. Validation follows Istio admission
+//! (§2.8, §3.14, and the webhook's `istio.io/dry-run` checks) so that what
+//! Kubernetes would reject is reported here too and left out, while the
+//! other resources still load.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
 
+use super::document::PolicyDocument;
 use super::model::*;
 use super::raw;
 use super::PolicyError;
@@ -41,7 +42,8 @@ pub struct AuthzEntry {
     pub resource: String,
     pub attachment: Attachment,
     pub policy: Arc<AuthzPolicy>,
-    /// `istio.io/dry-run: "true"`: evaluated nowhere, like Envoy shadow rules.
+    /// `istio.io/dry-run` true: Istio makes it Envoy shadow rules, counted in
+    /// stats and never enforced; jwtgate leaves it out of every decision.
     pub dry_run: bool,
 }
 
@@ -53,123 +55,81 @@ pub struct Parsed {
     pub warnings: Vec<PolicyError>,
 }
 
-pub fn parse_files(files: &[(String, String)]) -> (Parsed, Vec<PolicyError>) {
+pub fn parse_documents(docs: &[PolicyDocument]) -> (Parsed, Vec<PolicyError>) {
     let mut out = Parsed::default();
     let mut errors = Vec::new();
-    for (origin, text) in files {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let resource = format!("document {}", i + 1);
-            match Value::deserialize_from(doc) {
-                Ok(v) => parse_value(origin, &resource, v, &mut out, &mut errors),
-                Err(e) => {
-                    let mut e = err(origin, &resource, format!("invalid YAML: {e}"));
-                    e.whole_file = true;
-                    errors.push(e);
-                    // The YAML stream cannot be resynchronised after a syntax error.
-                    break;
-                }
-            }
+    for doc in docs {
+        if let Err(message) = parse_document(doc, &mut out) {
+            errors.push(err(&doc.origin, &doc.resource(), message));
         }
     }
     (out, errors)
 }
 
-trait FromDoc: Sized {
-    fn deserialize_from(d: serde_yaml::Deserializer) -> Result<Self, serde_yaml::Error>;
-}
-
-impl FromDoc for Value {
-    fn deserialize_from(d: serde_yaml::Deserializer) -> Result<Self, serde_yaml::Error> {
-        serde::Deserialize::deserialize(d)
-    }
-}
-
-fn parse_value(
-    origin: &str,
-    doc_name: &str,
-    v: Value,
-    out: &mut Parsed,
-    errors: &mut Vec<PolicyError>,
-) {
-    if v.is_null() {
-        return;
-    }
-    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
-    // `kubectl get -o yaml` output wraps resources in a List.
-    if kind == "List" {
-        if let Some(Value::Sequence(items)) = v.get("items") {
-            for item in items.clone() {
-                parse_value(origin, doc_name, item, out, errors);
-            }
-        }
-        return;
-    }
-    if kind != "RequestAuthentication" && kind != "AuthorizationPolicy" {
-        return;
-    }
-    let meta = v.get("metadata");
-    let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-    let namespace = field("namespace").unwrap_or("default").to_owned();
-    let Some(name) = field("name").map(str::to_owned) else {
-        errors.push(err(
-            origin,
-            doc_name,
-            format!("{kind}: metadata.name is required"),
-        ));
-        return;
-    };
-    let resource = format!("{kind} {namespace}/{name}");
+fn parse_document(doc: &PolicyDocument, out: &mut Parsed) -> Result<(), String> {
+    let api = doc.api_version.as_str();
     if api != "security.istio.io/v1" && api != "security.istio.io/v1beta1" {
-        if api.starts_with("security.istio.io/") {
-            errors.push(err(
-                origin,
-                &resource,
-                format!("apiVersion {api} is not supported (use security.istio.io/v1 or v1beta1)"),
-            ));
-        }
-        return;
+        return Err(format!(
+            "apiVersion {api} is not supported (use security.istio.io/v1 or v1beta1)"
+        ));
     }
-    let spec = v
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Mapping(Default::default()));
-    let spec = if spec.is_null() {
-        Value::Mapping(Default::default())
-    } else {
-        spec
-    };
-    let dry_run = meta
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.get("istio.io/dry-run"))
-        .and_then(Value::as_str)
-        == Some("true");
-    let result = if kind == "RequestAuthentication" {
-        typed::<raw::RequestAuthenticationSpec>(spec)
-            .and_then(|s| request_authn(&namespace, &name, s))
-            .map(|mut ra| {
-                ra.origin = origin.to_owned();
-                ra.resource = resource.clone();
-                out.authns.push(ra)
-            })
-    } else {
-        typed::<raw::AuthorizationPolicySpec>(spec)
-            .and_then(|s| authz_policy(&namespace, &name, s))
-            .map(|((policy, attachment), notes)| {
-                for note in authz_warnings(&policy, &notes) {
-                    out.warnings.push(err(origin, &resource, note));
-                }
-                out.authzs.push(AuthzEntry {
-                    origin: origin.to_owned(),
-                    resource: resource.clone(),
-                    attachment,
-                    policy: Arc::new(policy),
-                    dry_run,
-                })
-            })
-    };
-    if let Err(message) = result {
-        errors.push(err(origin, &resource, message));
+    let (origin, resource) = (doc.origin.as_str(), doc.resource());
+    let (namespace, name) = (&doc.metadata.namespace, &doc.metadata.name);
+    let dry_run_annotation = doc.metadata.annotations.get(DRY_RUN).map(String::as_str);
+    match doc.kind.as_str() {
+        "RequestAuthentication" => {
+            if dry_run_annotation.is_some() {
+                // Istio's validation: only AuthorizationPolicy supports it.
+                return Err(format!(
+                    "metadata.annotations.{DRY_RUN}: only AuthorizationPolicy supports this annotation"
+                ));
+            }
+            let mut ra = request_authn(namespace, name, typed(doc.spec.clone())?)?;
+            ra.origin = origin.to_owned();
+            ra.resource = resource;
+            out.authns.push(ra);
+        }
+        "AuthorizationPolicy" => {
+            let ((policy, attachment), notes) =
+                authz_policy(namespace, name, typed(doc.spec.clone())?)?;
+            let dry_run = match dry_run_annotation {
+                None => false,
+                Some(value) => dry_run(value, policy.action)?,
+            };
+            for note in authz_warnings(&policy, &notes) {
+                out.warnings.push(err(origin, &resource, note));
+            }
+            out.authzs.push(AuthzEntry {
+                origin: origin.to_owned(),
+                resource,
+                attachment,
+                policy: Arc::new(policy),
+                dry_run,
+            });
+        }
+        other => return Err(format!("kind {other} is not a policy kind")),
+    }
+    Ok(())
+}
+
+/// The annotation that turns an AuthorizationPolicy into shadow rules (§3.1).
+pub const DRY_RUN: &str = "istio.io/dry-run";
+
+/// `istio.io/dry-run` as istiod reads it (Go's `strconv.ParseBool`), with
+/// the checks of Istio's validating webhook: the value must parse, and only
+/// ALLOW and DENY policies may carry the annotation at all.
+fn dry_run(value: &str, action: Action) -> Result<bool, String> {
+    if !matches!(action, Action::Allow | Action::Deny) {
+        return Err(format!(
+            "metadata.annotations.{DRY_RUN}: only supported with action ALLOW or DENY"
+        ));
+    }
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!(
+            "metadata.annotations.{DRY_RUN}: {value:?} is not a boolean"
+        )),
     }
 }
 
@@ -221,7 +181,7 @@ fn err(origin: &str, resource: &str, message: String) -> PolicyError {
 }
 
 /// Deserialize with the failing field's path in the message.
-fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
+fn typed<T: DeserializeOwned>(spec: serde_json::Value) -> Result<T, String> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
         format!("spec.{}: {}", path.trim_start_matches('.'), e.into_inner())

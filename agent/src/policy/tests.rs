@@ -119,11 +119,13 @@ fn documents_kinds_and_versions() {
         .map(|e| format!("{}: {}", e.resource, e.message))
         .collect();
     assert_eq!(errors.len(), 2, "{msgs:?}");
+    // Documents that cannot be read come first, then those that do not parse.
     assert!(
-        msgs[0].contains("AuthorizationPolicy default/old: apiVersion security.istio.io/v1alpha1")
+        msgs[0].contains("document 5: AuthorizationPolicy: metadata.name is required"),
+        "{msgs:?}"
     );
     assert!(
-        msgs[1].contains("document 5: AuthorizationPolicy: metadata.name is required"),
+        msgs[1].contains("AuthorizationPolicy default/old: apiVersion security.istio.io/v1alpha1"),
         "{msgs:?}"
     );
     // Broken YAML is reported with the document number.
@@ -233,4 +235,68 @@ fn principal_split() {
             "{v}"
         );
     }
+}
+
+#[test]
+fn dry_run_is_read_and_validated_as_istio_does() {
+    // istiod reads the value with Go's strconv.ParseBool; its webhook
+    // refuses other values, other actions and other kinds (§3.1).
+    let with = |value: &str, spec: &str| {
+        format!(
+            "{AP}metadata: {{name: d, namespace: foo, annotations: {{istio.io/dry-run: '{value}'}}}}\nspec:\n  {spec}\n"
+        )
+    };
+    let deny_all = "action: DENY\n  rules: [{}]";
+    for (value, dry) in [
+        ("true", true),
+        ("True", true),
+        ("TRUE", true),
+        ("t", true),
+        ("1", true),
+        ("false", false),
+        ("F", false),
+        ("0", false),
+    ] {
+        let (set, errors) = parse(&with(value, deny_all));
+        assert!(errors.is_empty(), "{value}: {errors:?}");
+        let enforced = set.for_workload(&wl("foo", &[]), "istio-system").authz;
+        assert_eq!(enforced.is_empty(), dry, "{value}");
+    }
+    let refused = [
+        (with("yes", deny_all), "\"yes\" is not a boolean"),
+        (with("", deny_all), "\"\" is not a boolean"),
+        (
+            with("true", "action: AUDIT\n  rules: [{}]"),
+            "only supported with action ALLOW or DENY",
+        ),
+        (
+            with("false", "action: CUSTOM\n  provider: {name: x}\n  rules: [{}]"),
+            "only supported with action ALLOW or DENY",
+        ),
+        (
+            format!("{RA}metadata: {{name: r, namespace: foo, annotations: {{istio.io/dry-run: 'true'}}}}\nspec: {{}}\n"),
+            "only AuthorizationPolicy supports this annotation",
+        ),
+    ];
+    for (yaml, message) in refused {
+        let (set, errors) = parse(&yaml);
+        assert_eq!(set.counts(), (0, 0), "{yaml}");
+        assert_eq!(errors.len(), 1, "{yaml}");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("metadata.annotations.istio.io/dry-run: "),
+            "{}",
+            errors[0].message
+        );
+        assert!(errors[0].message.contains(message), "{}", errors[0].message);
+    }
+    // A dry-run ALLOW does not make the workload allow-nothing: Istio puts
+    // it in shadow rules only, and an RBAC filter without enforced rules
+    // lets everything through (Istio's builder testdata dry-run-allow).
+    let (set, _) = parse(&with(
+        "true",
+        "rules: [{to: [{operation: {paths: ['/x']}}]}]",
+    ));
+    assert!(set.for_workload(&wl("foo", &[]), "istio-system").is_empty());
 }

@@ -5,12 +5,26 @@
 //! while token-less requests still reach authorization (Istio's behaviour,
 //! `reference/istio-semantics.md` §2.7); a later failure never removes the
 //! last good set. Fetches use http or https (rustls: the system's roots plus
-//! an optional `--jwks-ca-file`) with the rule's timeout. A token whose `kid`
-//! no key matches may trigger one rate-limited re-fetch of the provider's URI
-//! before it is rejected (`refetch_for_rules`). When a new set drops keys,
-//! the token cache forgets the tokens those keys verified.
+//! an optional `--jwks-ca-file`) with the rule's timeout, capped by
+//! `--jwks-timeout-max-secs`. A token whose `kid` no key matches may trigger
+//! one rate-limited re-fetch of the provider's URI before it is rejected
+//! (`refetch_for_rules`). When a new set drops keys, the token cache forgets
+//! the tokens those keys verified.
+//!
+//! A `jwksUri` is written by whoever may create a RequestAuthentication, and
+//! the agent fetches it from the node's network, where no NetworkPolicy
+//! applies. So the host name is resolved first and every address it
+//! resolves to is checked (`addrs::restricted_for_fetch`): loopback,
+//! link-local (cloud metadata), known metadata addresses and the node's own
+//! addresses are refused unless `--jwks-allow-cidr` covers them; the
+//! connection then goes to a checked address, never to a second lookup's
+//! answer (DNS rebinding). Redirects are not followed. Each URI is fetched
+//! by its own task (`keep_fresh`), so a slow or unreachable one delays no
+//! other; documents, keys per document and the bytes of all stored sets are
+//! bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::addrs::{self, Cidr};
 use crate::authz::{Decision, JwksLookup};
 use crate::jwt::{JwkSet, JwtError, TokenCache};
 use crate::policy::{JwksSource, JwtRule};
@@ -35,7 +50,20 @@ const JWKS_RETRY_MIN: Duration = Duration::from_secs(1);
 const JWKS_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Largest JWKS document accepted; real ones are a few KiB.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Most keys accepted in one document; IdPs publish a handful (current and
+/// next signing keys). A larger document is refused as a whole.
+pub const MAX_JWKS_KEYS: usize = 100;
+
+/// Most bytes all stored key sets may take (`JwksStore::bytes`); a set
+/// that would pass it is refused and the URI keeps its last good set.
+pub const MAX_JWKS_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Estimated memory of one parsed key beyond its document text: decoded
+/// material and the prepared aws-lc-rs key (an RSA key keeps its modulus
+/// and Montgomery constants).
+const KEY_BYTES: u64 = 4096;
 
 /// How the store fetches; the agent's `--jwks-*` flags.
 #[derive(Debug, Clone)]
@@ -48,6 +76,12 @@ pub struct JwksOptions {
     /// At most one such re-fetch per URI in this interval, so a stream of
     /// tokens with made-up `kid`s cannot make the agent hammer the IdP.
     pub refetch_min_interval: Duration,
+    /// Restricted addresses (loopback, link-local, metadata, the node's
+    /// own) a jwksUri may resolve to all the same.
+    pub allow: Vec<Cidr>,
+    /// Upper bound on a rule's `timeout`, so a tenant cannot make one fetch
+    /// hold a connection for an hour.
+    pub max_timeout: Duration,
 }
 
 impl Default for JwksOptions {
@@ -56,14 +90,30 @@ impl Default for JwksOptions {
             ca_file: None,
             refetch_on_unknown_kid: true,
             refetch_min_interval: Duration::from_secs(30),
+            allow: Vec::new(),
+            max_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// A stored set and the bytes it is counted for.
+struct Stored {
+    set: Arc<JwkSet>,
+    bytes: u64,
+}
+
+/// Sizes for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSize {
+    pub documents: usize,
+    pub keys: usize,
+    pub bytes: u64,
 }
 
 /// Last good key set per `jwksUri`.
 #[derive(Default)]
 pub struct JwksStore {
-    sets: RwLock<HashMap<String, Arc<JwkSet>>>,
+    sets: RwLock<HashMap<String, Stored>>,
     options: JwksOptions,
     cache: Option<Arc<TokenCache>>,
     /// Built on the first https fetch (or by `new`, to fail early).
@@ -89,7 +139,7 @@ impl std::fmt::Debug for JwksStore {
 
 impl JwksLookup for JwksStore {
     fn jwks(&self, uri: &str) -> Option<Arc<JwkSet>> {
-        self.sets.read().ok()?.get(uri).cloned()
+        Some(self.sets.read().ok()?.get(uri)?.set.clone())
     }
 }
 
@@ -107,19 +157,38 @@ impl JwksStore {
         Ok(store)
     }
 
-    /// Store `set` for `uri`. A set with the same keys as the current one
-    /// keeps the current one (and its generation, so cached tokens keep
-    /// their fast path); keys that disappeared are forgotten by the cache.
-    pub fn insert(&self, uri: &str, set: JwkSet) {
+    /// Store `set` (counted for `bytes`) for `uri`. A set with the same
+    /// keys as the current one keeps the current one (and its generation,
+    /// so cached tokens keep their fast path); keys that disappeared are
+    /// forgotten by the cache. Refused when all stored sets would take more
+    /// than `MAX_JWKS_TOTAL_BYTES`.
+    fn insert(&self, uri: &str, set: JwkSet, bytes: u64) -> anyhow::Result<()> {
         let Ok(mut sets) = self.sets.write() else {
-            return;
+            bail!("{uri}: the JWKS store is unusable (poisoned lock)");
         };
+        let others: u64 = sets
+            .iter()
+            .filter(|(u, _)| u.as_str() != uri)
+            .map(|(_, s)| s.bytes)
+            .sum();
+        if others + bytes > MAX_JWKS_TOTAL_BYTES {
+            bail!(
+                "{uri}: storing this key set ({bytes} bytes) would take the JWKS store past \
+                 {MAX_JWKS_TOTAL_BYTES} bytes; keeping the last good set"
+            );
+        }
         let removed = match sets.get(uri) {
-            Some(old) if old.same_keys(&set) => return,
-            Some(old) => old.removed_in(&set),
+            Some(old) if old.set.same_keys(&set) => return Ok(()),
+            Some(old) => old.set.removed_in(&set),
             None => Vec::new(),
         };
-        sets.insert(uri.to_string(), Arc::new(set));
+        sets.insert(
+            uri.to_string(),
+            Stored {
+                set: Arc::new(set),
+                bytes,
+            },
+        );
         drop(sets);
         if let Some(cache) = &self.cache {
             if !removed.is_empty() {
@@ -127,6 +196,7 @@ impl JwksStore {
             }
             cache.forget_keys(&removed);
         }
+        Ok(())
     }
 
     /// Forget URIs no policy refers to any more.
@@ -134,6 +204,25 @@ impl JwksStore {
         if let Ok(mut sets) = self.sets.write() {
             sets.retain(|uri, _| uris.contains(uri));
         }
+        if let Ok(mut refetches) = self.refetches.lock() {
+            refetches.retain(|uri, _| uris.contains(uri));
+        }
+    }
+
+    /// Documents, keys and bytes held.
+    pub fn size(&self) -> StoreSize {
+        let Ok(sets) = self.sets.read() else {
+            return StoreSize::default();
+        };
+        StoreSize {
+            documents: sets.len(),
+            keys: sets.values().map(|s| s.set.len()).sum(),
+            bytes: sets.values().map(|s| s.bytes).sum(),
+        }
+    }
+
+    pub fn options(&self) -> &JwksOptions {
+        &self.options
     }
 
     pub fn contains(&self, uri: &str) -> bool {
@@ -149,17 +238,46 @@ impl JwksStore {
             bail!("{uri}: Jwks doesn't have any valid public key");
         }
         let keys = set.len();
-        self.insert(uri, set);
+        if keys > MAX_JWKS_KEYS {
+            bail!("{uri}: Jwks has {keys} keys, more than the {MAX_JWKS_KEYS} jwtgate accepts");
+        }
+        let bytes = (uri.len() + body.len()) as u64 + keys as u64 * KEY_BYTES;
+        self.insert(uri, set, bytes)?;
         Ok(keys)
     }
 
     /// GET `uri` over HTTP/1.1 (TLS for https) and return the body of a 200
     /// answer, all within `timeout` (the rule's `timeout`, Istio's 5 s by
-    /// default).
+    /// default), itself at most `max_timeout`. Name resolution is part of
+    /// it.
     pub async fn fetch(&self, uri: &str, timeout: Duration) -> anyhow::Result<String> {
+        let timeout = timeout.min(self.options.max_timeout);
         tokio::time::timeout(timeout, self.fetch_inner(uri))
             .await
             .map_err(|_| anyhow!("{uri}: no answer within {timeout:?}"))?
+    }
+
+    /// Refuse the fetch unless every address is ordinary or allowed.
+    fn check_addresses(&self, uri: &str, host: &str, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+        let node = addrs::node_addresses()
+            .with_context(|| format!("{uri}: cannot list the node's addresses to check it"))?;
+        for a in addrs {
+            let ip = a.ip();
+            if self.options.allow.iter().any(|c| c.contains(ip)) {
+                continue;
+            }
+            if let Some(why) = addrs::restricted_for_fetch(ip, &node) {
+                let what = match host.parse::<IpAddr>() {
+                    Ok(_) => format!("{ip} is {why}"),
+                    Err(_) => format!("{host} resolves to {ip}, {why}"),
+                };
+                bail!(
+                    "{uri}: {what}; refused (a jwksUri may not reach it \
+                     unless --jwks-allow-cidr covers it)"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn fetch_inner(&self, uri: &str) -> anyhow::Result<String> {
@@ -176,7 +294,20 @@ impl JwksStore {
             .trim_end_matches(']')
             .to_string();
         let port = parsed.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
+        // Resolve once, check every answer, connect only to those: a second
+        // lookup could answer differently (DNS rebinding).
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .with_context(|| format!("{uri}: cannot resolve {host}"))?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            bail!("{uri}: {host} has no address");
+        }
+        self.check_addresses(uri, &host, &addrs)?;
+        let tcp = connect_any(&addrs)
             .await
             .with_context(|| format!("{uri}: cannot connect"))?;
         if !tls {
@@ -199,15 +330,15 @@ impl JwksStore {
     }
 
     /// The unknown-kid hook: for every jwksUri among `rules`, re-fetch once
-    /// (at most once per `refetch_min_interval` per URI). True when the
+    /// (at most once per `refetch_min_interval` per URI), all at once. True when the
     /// caller should decide again: some set changed, or another request's
     /// re-fetch finished while this one waited.
     pub async fn refetch_for_rules(&self, rules: &[Arc<JwtRule>]) -> bool {
         if !self.options.refetch_on_unknown_kid {
             return false;
         }
-        let mut again = false;
         let mut seen = Vec::new();
+        let mut fetches = Vec::new();
         for rule in rules {
             let JwksSource::Uri(uri) = &rule.jwks else {
                 continue;
@@ -216,9 +347,13 @@ impl JwksStore {
                 continue;
             }
             seen.push(uri);
-            again |= self.refetch(uri, rule.timeout).await;
+            fetches.push(self.refetch(uri, rule.timeout));
         }
-        again
+        // Side by side: a slow provider must not add its wait to another's.
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .any(|changed| changed)
     }
 
     async fn refetch(&self, uri: &str, timeout: Duration) -> bool {
@@ -253,6 +388,18 @@ impl JwksStore {
             }
         }
     }
+}
+
+/// Connect to the first of `addrs` that accepts.
+async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()))
 }
 
 /// True when authentication failed because no key matched the token's
@@ -346,9 +493,13 @@ pub struct FetchOutcome {
 }
 
 /// Fetch every jwksUri the policies name: at once when new, then every
-/// `refresh`; failed first fetches are retried with backoff. `done` turns true
-/// once every URI has been tried at least once (part of readiness). Each
-/// result also goes to `outcomes`, when given.
+/// `refresh`; failed first fetches are retried with backoff. Each URI has
+/// its own task, so one slow or unreachable URI never delays another.
+/// `done` turns true once every URI has been tried at least once (part of
+/// readiness; each try ends within the capped timeout, so no URI can hold
+/// readiness longer than that), and stays true: a URI that fails later, or
+/// a new one, never takes readiness away — it keeps its last good set or
+/// rejects its tokens. Each result also goes to `outcomes`, when given.
 pub async fn keep_fresh(
     store: Arc<JwksStore>,
     mut uris: watch::Receiver<Vec<(String, Duration)>>,
@@ -357,63 +508,110 @@ pub async fn keep_fresh(
     outcomes: Option<mpsc::UnboundedSender<FetchOutcome>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // uri -> (timeout it was started with, its task)
+    let mut tasks: HashMap<String, (Duration, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let (tried_tx, mut tried_rx) = mpsc::unbounded_channel::<String>();
+    let mut untried: HashSet<String> = HashSet::new();
+    let mut uris_open = true;
+    loop {
+        let wanted: BTreeMap<String, Duration> = uris.borrow_and_update().iter().cloned().collect();
+        tasks.retain(|uri, (timeout, task)| {
+            let keep = wanted.get(uri) == Some(timeout);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let names: Vec<String> = wanted.keys().cloned().collect();
+        store.retain(&names);
+        crate::metrics::retain_jwks_uris(&names);
+        for (uri, timeout) in &wanted {
+            if tasks.contains_key(uri) {
+                continue;
+            }
+            untried.insert(uri.clone());
+            let task = tokio::spawn(fetch_loop(
+                store.clone(),
+                uri.clone(),
+                *timeout,
+                refresh,
+                tried_tx.clone(),
+                outcomes.clone(),
+            ));
+            tasks.insert(uri.clone(), (*timeout, task));
+        }
+        untried.retain(|uri| wanted.contains_key(uri));
+        if untried.is_empty() && !*done.borrow() {
+            let _ = done.send(true);
+        }
+        tokio::select! {
+            Some(uri) = tried_rx.recv() => {
+                untried.remove(&uri);
+            }
+            changed = uris.changed(), if uris_open => {
+                // A source that ended keeps its last URIs fetched.
+                uris_open = changed.is_ok();
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, (_, task)) in tasks {
+        task.abort();
+    }
+}
+
+/// One URI's loop: fetch, report, wait; forever (aborted by `keep_fresh`).
+async fn fetch_loop(
+    store: Arc<JwksStore>,
+    uri: String,
+    timeout: Duration,
+    refresh: Duration,
+    tried: mpsc::UnboundedSender<String>,
+    outcomes: Option<mpsc::UnboundedSender<FetchOutcome>>,
+) {
     // A listener that went away (shutdown) is not the loop's problem.
     let report = |outcome: FetchOutcome| {
         if let Some(tx) = &outcomes {
             let _ = tx.send(outcome);
         }
     };
-    // uri -> (when to fetch next, current retry delay)
-    let mut due: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let mut retry = JWKS_RETRY_MIN;
+    let mut first = true;
     loop {
-        let wanted: BTreeMap<String, Duration> = uris.borrow_and_update().iter().cloned().collect();
-        due.retain(|uri, _| wanted.contains_key(uri));
-        store.retain(&wanted.keys().cloned().collect::<Vec<_>>());
-        for (uri, timeout) in &wanted {
-            let entry = due
-                .entry(uri.clone())
-                .or_insert((Instant::now(), JWKS_RETRY_MIN));
-            if entry.0 > Instant::now() {
-                continue;
+        let delay = match store.refresh(&uri, timeout).await {
+            Ok(keys) => {
+                info!(%uri, keys, "JWKS fetched");
+                crate::metrics::record_jwks_fetch(&uri, true);
+                report(FetchOutcome {
+                    uri: uri.clone(),
+                    error: None,
+                    kept_last_good: true,
+                });
+                retry = JWKS_RETRY_MIN;
+                refresh
             }
-            match store.refresh(uri, *timeout).await {
-                Ok(keys) => {
-                    info!(%uri, keys, "JWKS fetched");
-                    crate::metrics::record_jwks_fetch(uri, true);
-                    report(FetchOutcome {
-                        uri: uri.clone(),
-                        error: None,
-                        kept_last_good: true,
-                    });
-                    *entry = (Instant::now() + refresh, JWKS_RETRY_MIN);
-                }
-                Err(err) => {
-                    crate::metrics::record_jwks_fetch(uri, false);
-                    let kept = store.contains(uri);
-                    warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
-                    report(FetchOutcome {
-                        uri: uri.clone(),
-                        error: Some(format!("{err:#}")),
-                        kept_last_good: kept,
-                    });
-                    let delay = if kept {
-                        refresh.min(JWKS_RETRY_MAX)
-                    } else {
-                        entry.1
-                    };
-                    *entry = (Instant::now() + delay, (entry.1 * 2).min(JWKS_RETRY_MAX));
-                }
+            Err(err) => {
+                crate::metrics::record_jwks_fetch(&uri, false);
+                let kept = store.contains(&uri);
+                warn!(%uri, kept_last_good = kept, "JWKS fetch failed: {err:#}");
+                report(FetchOutcome {
+                    uri: uri.clone(),
+                    error: Some(format!("{err:#}")),
+                    kept_last_good: kept,
+                });
+                let delay = if kept {
+                    refresh.min(JWKS_RETRY_MAX)
+                } else {
+                    retry
+                };
+                retry = (retry * 2).min(JWKS_RETRY_MAX);
+                delay
             }
+        };
+        if first {
+            let _ = tried.send(uri.clone());
+            first = false;
         }
-        // Every wanted URI is due at once when it appears, so after one pass
-        // each has been tried.
-        if !*done.borrow() {
-            let _ = done.send(true);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = uris.changed() => {}
-            _ = shutdown.changed() => return,
-        }
+        tokio::time::sleep(delay).await;
     }
 }

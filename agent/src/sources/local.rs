@@ -74,6 +74,9 @@ impl Local {
             workloads: workloads_rx,
             // Fetch failures are logged by the fetch loop; nobody else to tell.
             jwks_outcomes: None,
+            // Likewise enrolment failures: the engine logs them.
+            enrolment_failures: None,
+            enrolled: None,
         }
     }
 }

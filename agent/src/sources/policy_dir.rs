@@ -1,14 +1,16 @@
 //! The `--policies` folder: every `*.yaml`, `*.yml` and `*.json` file in it,
-//! parsed into one `PolicySet`. The last good version of a changed policy
-//! stays in force, per resource: a resource that becomes invalid keeps its
-//! previous version, a file that stops parsing (or cannot be read) keeps all
-//! of its previous resources. A broken edit must never open a workload.
+//! read into policy documents and put in force through `policy::InForce`,
+//! exactly as the Kubernetes source does with API objects: the last good
+//! version of a changed policy stays in force, per resource (a resource that
+//! becomes invalid keeps its previous version), and a file that stops
+//! parsing (or cannot be read) keeps all of its previous resources. A broken
+//! edit must never open a workload.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::policy::{PolicyError, PolicySet};
+use crate::policy::{read_files, InForce, PolicyError, PolicySet};
 
 /// What a directory scan saw of one file, to notice changes cheaply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +24,7 @@ struct Stamp {
 pub struct PolicyDir {
     dir: PathBuf,
     stamps: BTreeMap<PathBuf, Stamp>,
-    in_force: Option<PolicySet>,
+    in_force: InForce,
 }
 
 /// The result of a (re)load.
@@ -32,6 +34,9 @@ pub struct Loaded {
     /// Problems found (each names file, resource and field), then one line
     /// per resource or file kept at its last good version.
     pub errors: Vec<String>,
+    /// The files of this load that could not be used at all (not valid
+    /// YAML, unreadable): `jwtgate check` refuses to decide without them.
+    pub unusable_files: Vec<PolicyError>,
 }
 
 impl PolicyDir {
@@ -39,7 +44,7 @@ impl PolicyDir {
         PolicyDir {
             dir: dir.to_path_buf(),
             stamps: BTreeMap::new(),
-            in_force: None,
+            in_force: InForce::default(),
         }
     }
 
@@ -70,15 +75,23 @@ impl PolicyDir {
                 }),
             }
         }
-        let (mut set, mut problems) = PolicySet::parse(&files);
+        let (docs, mut problems) = read_files(&files);
         problems.extend(unreadable);
-        let mut errors: Vec<String> = problems.iter().map(PolicyError::to_string).collect();
-        if let Some(previous) = &self.in_force {
-            errors.extend(set.keep_last_good(previous, &problems));
-        }
+        let update = self.in_force.update(&docs, problems);
+        let mut errors: Vec<String> = update.errors.iter().map(PolicyError::to_string).collect();
+        errors.extend(update.kept.iter().map(ToString::to_string));
         self.stamps = stamps;
-        self.in_force = Some(set.clone());
-        Ok(Loaded { set, errors })
+        let unusable_files = update
+            .errors
+            .iter()
+            .filter(|p| p.whole_file)
+            .cloned()
+            .collect();
+        Ok(Loaded {
+            set: update.set,
+            errors,
+            unusable_files,
+        })
     }
 
     fn scan(&self) -> anyhow::Result<BTreeMap<PathBuf, Stamp>> {

@@ -54,8 +54,19 @@ fn cases() -> Vec<Case> {
         c("§3.9 header prefix", "ALLOW", "[{when: [{key: 'request.headers[user-agent]', values: ['curl/*']}]}]", get("/").h("User-Agent", "curl/8.5"), 200),
         c("§3.9 header missing", "ALLOW", "[{when: [{key: 'request.headers[x-token]', values: ['*']}]}]", get("/"), 403),
         c("§3.4 header '*' present even when empty", "ALLOW", "[{when: [{key: 'request.headers[x-token]', values: ['*']}]}]", get("/").h("x-token", ""), 200),
-        c("§3.4 repeated header lines joined with ','", "ALLOW", "[{when: [{key: 'request.headers[x-a]', values: ['1,2']}]}]", get("/").h("x-a", "1").h("x-a", "2"), 200),
-        c("§3.4 repeated header: a single line no longer exact", "ALLOW", "[{when: [{key: 'request.headers[x-a]', values: ['1']}]}]", get("/").h("x-a", "1").h("x-a", "2"), 403),
+        // Repeated header lines: each line matched on its own, any line
+        // matching (Envoy's fix for CVE-2026-26308, Istio 1.29.1 /
+        // ISTIO-SECURITY-2026-001); before it, lines were joined with ','.
+        c("CVE-2026-26308 DENY evasion: X-Role user + admin is denied", "DENY", "[{when: [{key: 'request.headers[x-role]', values: ['admin']}]}]", get("/").h("X-Role", "user").h("X-Role", "admin"), 403),
+        c("CVE-2026-26308 DENY evasion, admin line first", "DENY", "[{when: [{key: 'request.headers[x-role]', values: ['admin']}]}]", get("/").h("x-role", "admin").h("x-role", "user"), 403),
+        c("CVE-2026-26308 DENY prefix on any line", "DENY", "[{when: [{key: 'request.headers[x-role]', values: ['adm*']}]}]", get("/").h("x-role", "user").h("x-role", "admin"), 403),
+        c("CVE-2026-26308 joined value no longer matches", "ALLOW", "[{when: [{key: 'request.headers[x-a]', values: ['1,2']}]}]", get("/").h("x-a", "1").h("x-a", "2"), 403),
+        c("CVE-2026-26308 ALLOW: any line matching", "ALLOW", "[{when: [{key: 'request.headers[x-a]', values: ['1']}]}]", get("/").h("x-a", "1").h("x-a", "2"), 200),
+        c("CVE-2026-26308 notValues: no line may match", "ALLOW", "[{when: [{key: 'request.headers[x-role]', notValues: ['admin']}]}]", get("/").h("x-role", "user").h("x-role", "admin"), 403),
+        c("CVE-2026-26308 notValues: no line matches", "ALLOW", "[{when: [{key: 'request.headers[x-role]', notValues: ['admin']}]}]", get("/").h("x-role", "user").h("x-role", "guest"), 200),
+        c("one line 'user,admin' is one value, not split (as Envoy)", "DENY", "[{when: [{key: 'request.headers[x-role]', values: ['admin']}]}]", get("/").h("x-role", "user,admin"), 200),
+        c("one line 'user,admin': suffix rule catches it", "DENY", "[{when: [{key: 'request.headers[x-role]', values: ['*admin']}]}]", get("/").h("x-role", "user,admin"), 403),
+        c("§3.4 '*' present when any line is", "ALLOW", "[{when: [{key: 'request.headers[x-a]', values: ['*']}]}]", get("/").h("x-a", "").h("x-a", "2"), 200),
         c("§3.10 header notValues, missing ⇒ matches", "ALLOW", "[{when: [{key: 'request.headers[x-token]', notValues: ['guest']}]}]", get("/"), 200),
         c("§3.10 header notValues", "DENY", "[{when: [{key: 'request.headers[x-token]', notValues: ['admin']}]}]", get("/").h("x-token", "guest"), 403),
         c("§3.9 header :authority", "DENY", "[{when: [{key: 'request.headers[:authority]', values: ['httpbin.foo:8000']}]}]", get("/"), 403),
