@@ -99,6 +99,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             r.crash.as_deref().unwrap_or("-"),
         );
     }
+    record_runs(&fuzz_dir, &results)?;
     let crashed: Vec<&str> = results
         .iter()
         .filter(|r| r.crash.is_some())
@@ -110,6 +111,42 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             crashed.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Appends one line per run to `logs/runs.tsv`, so the hours each target
+/// has run add up across runs and sessions (the per-target logs are
+/// overwritten by the next run). Several `cargo xtask fuzz TARGET` may run
+/// at once: each line is one append.
+fn record_runs(fuzz_dir: &Path, results: &[Outcome]) -> Result<()> {
+    let path = fuzz_dir.join("logs").join("runs.tsv");
+    let new = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let when = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut text = String::new();
+    if new {
+        text.push_str("finished\ttarget\tseconds\texecs\tcov\tft\tcrash\n");
+    }
+    for r in results {
+        text.push_str(&format!(
+            "{when}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            r.target,
+            r.seconds,
+            r.stat("number_of_executed_units"),
+            r.cov.as_deref().unwrap_or("?"),
+            r.ft.as_deref().unwrap_or("?"),
+            r.crash.as_deref().unwrap_or("-"),
+        ));
+    }
+    file.write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -266,6 +266,7 @@ fn small_cache() -> TokenCache {
         max_bytes: 64 * 1024,
         negative_ttl_secs: 30,
         negative_max_entries: 16,
+        negative_max_bytes: 64 * 1024,
         max_ttl_secs: 3600,
     })
 }

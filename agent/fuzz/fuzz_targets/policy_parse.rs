@@ -9,7 +9,7 @@
 //! - whatever loaded can be evaluated: fixed requests get well-formed
 //!   decisions;
 //! - the last good config is never lost: when the file no longer parses,
-//!   `keep_last_good` restores exactly the previous (fixed, valid) set;
+//!   `InForce::update` restores exactly the previous (fixed, valid) set;
 //! - heap held ≤ 512 × input + 1 MiB (docs/fuzzing.md).
 #![no_main]
 
@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
 use jwtgate::authz::{evaluate, PathNormalization, Request};
-use jwtgate::policy::{PolicySet, WorkloadRef};
+use jwtgate::policy::{read_files, InForce, PolicySet, WorkloadRef};
 use jwtgate_fuzz::alloc::{measure, Bound};
 use jwtgate_fuzz::fixtures::{lookup, policy_tokens, policy_yaml, Lookup, NOW};
 use libfuzzer_sys::fuzz_target;
@@ -131,12 +131,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // The fixed set was in force; this text replaces the file.
-    let mut next = again;
-    next.keep_last_good(&f.good, &errors);
-    if errors.iter().any(|e| e.whole_file) {
+    // The fixed set was in force; this text replaces the file. `InForce`
+    // is what both sources (folder and Kubernetes) put updates through.
+    let mut in_force = InForce::default();
+    let (docs, unread) = read_files(&[(FILE.into(), policy_yaml())]);
+    in_force.update(&docs, unread);
+    let (docs, unread) = read_files(&files);
+    let next = in_force.update(&docs, unread);
+    if next.errors.iter().any(|e| e.whole_file) {
         assert_eq!(
-            next.counts(),
+            next.set.counts(),
             f.good.counts(),
             "a broken file lost its last good version"
         );

@@ -11,7 +11,7 @@
 //!   same secret under a new kid, keys removed — and `forget_keys` called as
 //!   the JWKS store does), other rules and a moving clock;
 //! - the documented bounds hold: entries ≤ `max_entries`, weight ≤
-//!   `max_bytes`, negative entries ≤ `negative_max_entries`;
+//!   `max_bytes`, negative entries ≤ `negative_max_entries` and their bytes ≤ `negative_max_bytes`;
 //! - what an inserted entry really holds on the heap is within 2× (+ 2 KiB)
 //!   of the weight it is charged (docs/performance.md "Memory"), so
 //!   `--token-cache-bytes` bounds real memory.
@@ -38,6 +38,7 @@ const CONFIG: CacheConfig = CacheConfig {
     max_bytes: 24 * 1024,
     negative_ttl_secs: 30,
     negative_max_entries: 4,
+    negative_max_bytes: 8 * 1024,
     max_ttl_secs: 600,
 };
 
@@ -236,6 +237,7 @@ fuzz_target!(|input: Input| {
         assert!(cache.len() <= CONFIG.max_entries, "{} entries", cache.len());
         assert!(cache.bytes() <= CONFIG.max_bytes, "{} bytes", cache.bytes());
         assert!(cache.negative_len() <= CONFIG.negative_max_entries);
+        assert!(cache.negative_bytes() <= CONFIG.negative_max_bytes);
     }
 });
 

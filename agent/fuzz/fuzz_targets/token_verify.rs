@@ -90,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
         max_bytes: 64 * 1024,
         negative_ttl_secs: 30,
         negative_max_entries: 8,
+        negative_max_bytes: 64 * 1024,
         max_ttl_secs: 3600,
     });
     for rule in &f.rules {
