@@ -110,6 +110,12 @@ fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
         if c == b'%' {
             stray_percent = Some(out.len());
         }
+        // A raw NUL is refused like `%00`: escaping it would turn it into
+        // exactly the `%00` a second normalization refuses, so the two
+        // would disagree (found by fuzzing). HTTP codecs refuse it anyway.
+        if c == 0 {
+            return Err(InvalidPath);
+        }
         if must_escape(c) {
             out.extend_from_slice(&[
                 b'%',
@@ -304,6 +310,17 @@ mod tests {
                     "{input} {mode:?} twice"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn raw_nul_is_refused_like_an_encoded_one() {
+        // Found by the authz_evaluate fuzz target: a raw NUL was escaped to
+        // `%00`, which normalizing again refused, so a request and its own
+        // normalized form were decided differently (401 vs 400).
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            assert_eq!(normalize("/m/\0", mode), Err(InvalidPath), "{mode:?}");
+            assert_eq!(normalize("/m/%00", mode), Err(InvalidPath), "{mode:?}");
         }
     }
 
