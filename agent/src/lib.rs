@@ -19,6 +19,10 @@ pub mod config;
 pub mod datapath;
 pub mod enroll;
 pub mod explain;
+/// Internals the fuzz targets (agent/fuzz) check properties of; compiled only
+/// under `--cfg fuzzing`, which cargo-fuzz sets, never into the agent.
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod jwt;
 pub mod kube;

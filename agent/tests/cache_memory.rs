@@ -120,6 +120,20 @@ fn shapes(i: usize) -> Vec<(&'static str, String)> {
             format!(r#"{{{head},"n":[{}]}}"#, list("1", 18_000)),
         ),
         (
+            // The token_cache fuzz target's finding (docs/fuzzing.md): each
+            // small object is a whole B-tree node, some 70 times its text.
+            "many small objects",
+            format!(r#"{{{head},"m":[{}]}}"#, list(r#"{"a":0}"#, 4_000)),
+        ),
+        (
+            "nested objects",
+            format!(
+                r#"{{{head},"n":{}0{}}}"#,
+                r#"{"a":"#.repeat(100),
+                "}".repeat(100)
+            ),
+        ),
+        (
             "split scope",
             format!(r#"{{{head},"scope":"{}"}}"#, vec!["a"; 18_000].join(" ")),
         ),

@@ -6,6 +6,7 @@ mod build;
 mod container_test;
 mod daemonset;
 mod demo;
+mod fuzz;
 mod image;
 mod kind;
 mod kube;
@@ -38,6 +39,8 @@ enum Task {
     /// End-to-end load benchmark in network namespaces (root): jwtgate against
     /// a bare hop and the app, under attacks, across restarts; not part of `test`.
     Loadtest(loadtest::LoadtestArgs),
+    /// Fuzz the parsers (libFuzzer, nightly) N minutes per target; not part of `test`.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the agent image (podman, no registry) and save it for `kind load`.
     Image(image::ImageArgs),
     /// Run the image as deploy/'s DaemonSet does and check the FAQ table (root, podman).
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Loadtest(args) => loadtest::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Image(args) => image::run(&args),
         Task::ContainerTest(args) => container_test::run(&args),
         Task::Kind(args) => kind::run(&args),

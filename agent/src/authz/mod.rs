@@ -21,7 +21,7 @@ mod engine;
 mod header_view;
 mod matcher;
 mod network;
-mod path;
+pub(crate) mod path;
 mod reason;
 mod remote;
 pub mod request_shape;

@@ -45,7 +45,7 @@ pub(crate) fn normalize_borrowed(
 /// and no `//` unless the mode keeps them. Each condition is the no-op case
 /// of one step of `rewrite`, so skipping it cannot change a result
 /// (`fast_path_agrees`).
-fn already_normal(path: &str, mode: PathNormalization) -> bool {
+pub(crate) fn already_normal(path: &str, mode: PathNormalization) -> bool {
     path.starts_with('/')
         && !path
             .bytes()
@@ -55,7 +55,7 @@ fn already_normal(path: &str, mode: PathNormalization) -> bool {
 }
 
 /// The normalization steps proper, on the path without query.
-fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
+pub(crate) fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
     let decode_slashes = mode == PathNormalization::DecodeAndMergeSlashes;
     // Envoy order: unescape slashes, then canonicalize, then merge slashes.
     let decoded = percent_decode(path, decode_slashes)?;
@@ -82,6 +82,8 @@ fn rewrite(path: &str, mode: PathNormalization) -> Result<String, InvalidPath> {
 fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
     let b = path.as_bytes();
     let mut out = Vec::with_capacity(b.len());
+    // Where in `out` the last `%` that began no valid escape is.
+    let mut stray_percent: Option<usize> = None;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -95,12 +97,24 @@ fn percent_decode(path: &str, slashes: bool) -> Result<String, InvalidPath> {
                     decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~');
                 if unreserved || (slashes && (decoded == b'/' || decoded == b'\\')) {
                     out.push(decoded);
+                    if let Some(p) = stray_percent {
+                        escape_nested(&mut out, p, b.get(i + 3).copied());
+                    }
                 } else {
                     out.extend_from_slice(&b[i..i + 3]);
                 }
                 i += 3;
                 continue;
             }
+        }
+        if c == b'%' {
+            stray_percent = Some(out.len());
+        }
+        // A raw NUL is refused like `%00`: escaping it would turn it into
+        // exactly the `%00` a second normalization refuses, so the two
+        // would disagree (found by fuzzing). HTTP codecs refuse it anyway.
+        if c == 0 {
+            return Err(InvalidPath);
         }
         if must_escape(c) {
             out.extend_from_slice(&[
@@ -125,6 +139,25 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// (`#` never reaches here: the fragment is cut off first.)
 fn must_escape(c: u8) -> bool {
     c <= b' ' || c >= 0x7f || matches!(c, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+/// A decoded character right after a stray `%` can form a new escape with
+/// it (`%%32%65` decodes to `%2e`), which the backend — or a second
+/// normalization — would decode once more: `/public/%%32%65%%32%65/admin`
+/// would be matched as `/public/...` and served as `/admin`. Like Envoy's
+/// URL canonicalizer (Chromium's `CheckForNestedEscapes`), escape that `%`
+/// as `%25` when `out` now ends in `%` plus two hex digits, the second
+/// possibly being the next input byte `next`.
+fn escape_nested(out: &mut Vec<u8>, percent: usize, next: Option<u8>) {
+    let tail = &out[percent + 1..];
+    let pair = match (tail, next) {
+        (&[a], Some(n)) => [a, n],
+        (&[a, b], _) => [a, b],
+        _ => return,
+    };
+    if pair.iter().all(|c| hex_digit(*c).is_some()) {
+        out.splice(percent..=percent, *b"%25");
+    }
 }
 
 /// RFC 3986 §5.2.4 on an absolute path.
@@ -250,6 +283,45 @@ mod tests {
         }
         // %00 is refused outright, as Envoy does.
         assert!(normalize("/a%00b", Base).is_err());
+    }
+
+    #[test]
+    fn nested_escapes_stay_escaped() {
+        // Found by the path_normalize fuzz target (docs/fuzzing.md): a stray
+        // `%` followed by decoded hex digits formed a new escape, so
+        // normalizing twice differed from once, and a backend decoding the
+        // forwarded path saw `..` the matcher never saw.
+        let cases: &[(&str, &str)] = &[
+            ("/public/%%32%65%%32%65/admin", "/public/%252e%252e/admin"),
+            ("%%6161e%2d/%617e%2d", "/%25a61e-/a7e-"),
+            ("/%%30%30", "/%2500"),
+            ("/%6%31", "/%2561"),
+            ("/%%36%31", "/%2561"),
+            ("/%%2e", "/%."),
+            ("/%zz%41/%", "/%zzA/%"),
+        ];
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            for (input, want) in cases {
+                let once = normalize(input, mode).unwrap().0;
+                assert_eq!(once, *want, "{input} {mode:?}");
+                assert_eq!(
+                    normalize(&once, mode).unwrap().0,
+                    once,
+                    "{input} {mode:?} twice"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn raw_nul_is_refused_like_an_encoded_one() {
+        // Found by the authz_evaluate fuzz target: a raw NUL was escaped to
+        // `%00`, which normalizing again refused, so a request and its own
+        // normalized form were decided differently (401 vs 400).
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            assert_eq!(normalize("/m/\0", mode), Err(InvalidPath), "{mode:?}");
+            assert_eq!(normalize("/m/%00", mode), Err(InvalidPath), "{mode:?}");
+        }
     }
 
     #[test]

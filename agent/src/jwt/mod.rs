@@ -11,7 +11,7 @@ mod authn;
 mod cache;
 mod error;
 mod extract;
-mod json;
+pub(crate) mod json;
 mod jwks;
 mod token;
 mod verify;
