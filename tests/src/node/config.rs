@@ -216,7 +216,11 @@ pub fn cni_conflist(ipam_dir: &Path, chained: &[serde_json::Value]) -> String {
 /// KubeletConfiguration for 1.20 on this host: cgroupfs driver (no systemd),
 /// no swap check, the node's own cgroup root, no DNS (there is no CoreDNS
 /// image and nothing may leave the node), eviction and image GC out of the
-/// way (the images are imported, never pulled back).
+/// way (the images are imported, never pulled back), and container logs
+/// rotated only past 500 MiB: the agents write an access-log line per
+/// denial (thousands a second under the tests' load) and the tests follow
+/// them with `kubectl logs -f`, which in 1.20 stops at a rotation — an
+/// agent's last words would be lost.
 pub fn kubelet_yaml(cgroup_root: &str) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -242,6 +246,7 @@ imageGCLowThresholdPercent: 99
 evictionHard: {{memory.available: "50Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}}
 serializeImagePulls: false
 maxPods: 30
+containerLogMaxSize: 500Mi
 "#
     )
 }

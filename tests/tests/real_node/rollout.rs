@@ -210,10 +210,11 @@ fn surge(n: &mut Node, client: &str) -> Result<(LoadReport, Duration)> {
         report!("  failures per second of the run: {:?}", fresh.per_second);
         report!("  failures: {:?}", fresh.samples);
     }
-    // New connections reach the new agent as soon as it enrolled, maybe
-    // before its first JWKS fetch: a valid token may get 401 then (module
-    // doc). Nothing else may fail: no refused or reset connection while
-    // the listeners are replaced, no wrong answer to the other requests.
+    // New connections reach the new agent as soon as it enrolled; it
+    // enrols once its signing keys are in (app.rs `HandOver`), so a valid
+    // token gets 401 only if that fetch outlasts the wait's bound. Nothing
+    // else may fail: no refused or reset connection while the listeners
+    // are replaced, no wrong answer to the other requests.
     let window = format!("{WITH_TOKEN}: status 401");
     ensure!(
         fresh.ok > 0 && fresh.kinds.keys().all(|k| k.starts_with(&window)),
