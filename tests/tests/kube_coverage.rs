@@ -134,7 +134,6 @@ fn kube_namespace_claiming_a_pod_ip_is_not_taken_for_the_pod() -> Result<()> {
          spec:\n  nodeName: {}\n  containers: [{{name: app, image: example.invalid/echo}}]\n",
         bed.node_name
     ))?;
-    bed.api.set_pod_ip(NS, "twin", &twin.ip.to_string())?;
     let uid = bed.api.pod_uid(NS, "twin")?;
     let twin_impostor = NetNs::create(&format!("{}-twin2", bed.node.prefix()))?;
     twin_impostor.ip(&[
@@ -144,8 +143,10 @@ fn kube_namespace_claiming_a_pod_ip_is_not_taken_for_the_pod() -> Result<()> {
     twin_impostor.ip(&["link", "set", "eth0", "up"])?;
     let _real = Sandbox::start(&twin.netns, bed.node.prefix(), &uid)?;
     let _fake = Sandbox::start(&twin_impostor.path(), bed.node.prefix(), &uid)?;
-    // The agent may have reported the pod before its sandboxes started ("no
-    // process is running yet"); wait for the report about the two sandboxes.
+    // Only now does the pod get its IP (and become a candidate): with one
+    // sandbox up and the other not yet, the agent would rightly enrol the
+    // only namespace there is, and the ambiguity would never be seen.
+    bed.api.set_pod_ip(NS, "twin", &twin.ip.to_string())?;
     let mut notes = Vec::new();
     let mut reported = false;
     for _ in 0..75 {
