@@ -74,16 +74,7 @@ pub async fn serve_unix(
             },
             _ = shutdown.changed() => break,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        spawn_connection(stream, registry.clone());
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -122,17 +113,24 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        spawn_connection(stream, registry.clone());
     }
+}
+
+/// Serve one connection (TCP or the health socket) with `answer`.
+fn spawn_connection<S>(stream: S, registry: Arc<Metrics>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let registry = registry.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
 }
 
 fn answer(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
