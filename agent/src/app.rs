@@ -236,7 +236,7 @@ async fn run_engine(
         workers: Workers::start(
             config
                 .proxy_threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                .unwrap_or_else(Workers::default_threads),
         )?,
     });
     info!(

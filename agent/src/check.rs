@@ -133,10 +133,13 @@ fn decide(args: &CheckInput) -> anyhow::Result<(Decision, Vec<String>)> {
     // port (`ports`, `destination.port`). An absolute-form `--path` brings
     // its own authority.
     let request = authz::Request {
-        method: args.method.clone(),
-        path: admitted.target.to_owned(),
-        host: admitted.authority.into_owned(),
-        headers,
+        method: &args.method,
+        path: admitted.target,
+        host: &admitted.authority,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect(),
         source_ip: args.source_ip,
         destination_ip: args.destination_ip,
         destination_port: args.port,

@@ -512,10 +512,13 @@ fn decide(set: &PolicySet, c: &Case, probe: &Probe, token: &str) -> Decision {
         Token::Forged => headers.push(("authorization".to_owned(), "Bearer a.b.c".to_owned())),
     }
     let request = Request {
-        method: "GET".into(),
-        path: probe.path.into(),
-        host: "web:9080".into(),
-        headers,
+        method: "GET",
+        path: probe.path,
+        host: "web:9080",
+        headers: headers
+            .iter()
+            .map(|(n, v): &(String, String)| (n.as_str(), v.as_str()))
+            .collect(),
         source_ip: "10.0.0.1".parse().expect("address"),
         destination_ip: "10.0.0.2".parse().expect("address"),
         destination_port: 9080,

@@ -5,3 +5,4 @@
 pub mod alloc;
 pub mod fixtures;
 pub mod pick;
+pub mod request;

@@ -18,14 +18,14 @@ const MAX_REALM_PATH: usize = 256;
 
 pub fn evaluate(
     policy: &WorkloadPolicy,
-    request: &Request,
+    request: &Request<'_>,
     jwks: &dyn JwksLookup,
     now: u64,
     normalization: PathNormalization,
     cache: Option<&TokenCache>,
 ) -> Decision {
     // Borrowed from the request unless normalization changes the path.
-    let Ok((path, query)) = normalize_borrowed(&request.path, normalization) else {
+    let Ok((path, query)) = normalize_borrowed(request.path, normalization) else {
         // The connection manager's local reply when normalization fails:
         // 400 without a body (details `path_normalization_failed`).
         return deny(400, "", Reason::PathNormalizationFailed, None);
@@ -33,10 +33,10 @@ pub fn evaluate(
     // X-Forwarded-For is read by the connection manager, before any filter.
     let remote = remote_ip(&request.headers, request.source_ip, XFF_NUM_TRUSTED_HOPS);
     let client = Attributes {
-        method: &request.method,
+        method: request.method,
         path: &path,
         query,
-        host: &request.host,
+        host: request.host,
         headers: HeaderView::client(&request.headers),
         port: request.destination_port,
         source_ip: request.source_ip,
@@ -218,7 +218,7 @@ fn deny(status: u16, body: &str, reason: Reason, principal: Option<String>) -> D
     }
 }
 
-fn non_empty_header(request: &Request, name: &str) -> bool {
+fn non_empty_header(request: &Request<'_>, name: &str) -> bool {
     request
         .headers
         .iter()

@@ -13,7 +13,7 @@
 /// Header lines in arrival order, minus `removed`, plus `added`.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderView<'a> {
-    lines: &'a [(String, String)],
+    lines: &'a [(&'a str, &'a str)],
     /// Lower-case names whose every line is gone.
     removed: &'a [String],
     /// Lines appended after the removal (jwt_authn's `addCopy`).
@@ -23,7 +23,7 @@ pub struct HeaderView<'a> {
 impl<'a> HeaderView<'a> {
     /// The client's headers, unchanged (what CUSTOM sees: it runs before
     /// jwt_authn).
-    pub fn client(lines: &'a [(String, String)]) -> HeaderView<'a> {
+    pub fn client(lines: &'a [(&'a str, &'a str)]) -> HeaderView<'a> {
         HeaderView {
             lines,
             removed: &[],
@@ -35,7 +35,7 @@ impl<'a> HeaderView<'a> {
     /// appending `added`, exactly the edits the proxy applies before
     /// forwarding.
     pub fn edited(
-        lines: &'a [(String, String)],
+        lines: &'a [(&'a str, &'a str)],
         removed: &'a [String],
         added: &'a [(String, String)],
     ) -> HeaderView<'a> {
@@ -52,10 +52,11 @@ impl<'a> HeaderView<'a> {
     pub fn values(self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let removed = self.removed;
         let gone = removed.iter().any(|r| r.eq_ignore_ascii_case(name));
-        let kept = self.lines.iter().filter(move |_| !gone);
-        kept.chain(self.added.iter())
+        let kept = self.lines.iter().filter(move |_| !gone).copied();
+        let added = self.added.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        kept.chain(added)
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 }
 
@@ -67,6 +68,13 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn borrowed(lines: &[(String, String)]) -> Vec<(&str, &str)> {
+        lines
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect()
     }
 
@@ -123,11 +131,12 @@ mod tests {
             ),
         ];
         for (lines, removed, added, name, want) in &cases {
-            let view = HeaderView::edited(lines, removed, added);
+            let lines = borrowed(lines);
+            let view = HeaderView::edited(&lines, removed, added);
             let got: Vec<&str> = view.values(name).collect();
             assert_eq!(&got, want, "{name} in {lines:?} - {removed:?} + {added:?}");
         }
-        let l = lines(&[("x-a", "1")]);
+        let l = [("x-a", "1")];
         assert_eq!(
             HeaderView::client(&l).values("X-A").collect::<Vec<_>>(),
             ["1"]

@@ -13,14 +13,16 @@
 
 use std::net::IpAddr;
 
+use crate::jwt::HeaderLine;
+
 /// `numTrustedProxies` of Istio's default gateway topology.
 pub const XFF_NUM_TRUSTED_HOPS: usize = 0;
 
-pub fn remote_ip(headers: &[(String, String)], peer: IpAddr, trusted_hops: usize) -> IpAddr {
+pub fn remote_ip<L: HeaderLine>(headers: &[L], peer: IpAddr, trusted_hops: usize) -> IpAddr {
     let joined: Vec<&str> = headers
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
-        .map(|(_, v)| v.as_str())
+        .filter(|l| l.name().eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|l| l.value())
         .collect();
     if joined.is_empty() {
         return peer;

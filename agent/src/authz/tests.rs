@@ -46,15 +46,16 @@ pub(super) fn workload(yaml: &str) -> WorkloadPolicy {
     set.for_workload(&w, "istio-system")
 }
 
-pub(super) fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+pub(super) fn req<'a>(
+    method: &'a str,
+    path: &'a str,
+    headers: &[(&'a str, &'a str)],
+) -> Request<'a> {
     Request {
-        method: method.into(),
-        path: path.into(),
-        host: "httpbin.foo:8000".into(),
-        headers: headers
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
+        method,
+        path,
+        host: "httpbin.foo:8000",
+        headers: headers.to_vec(),
         source_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         destination_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
         destination_port: 8000,

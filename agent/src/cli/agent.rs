@@ -139,8 +139,9 @@ pub struct AgentArgs {
     #[arg(long)]
     pub accept_http10: bool,
     /// Threads that serve proxied connections, each connection on one of
-    /// them for its life (docs/performance.md says why). Default: one per
-    /// CPU. 0 serves them on the agent's shared runtime instead.
+    /// them for its life (docs/performance.md says why). Default: half the
+    /// CPUs the agent may use, at least one. 0 serves them on the agent's
+    /// shared runtime instead.
     #[arg(long, value_name = "N")]
     pub proxy_threads: Option<usize>,
     /// How long in-flight connections may take to finish after SIGTERM.

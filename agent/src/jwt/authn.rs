@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::cache::{Lookup, TokenCache};
 use super::error::JwtError;
-use super::extract::{extract_borrowed, without_params, Found, TokenLocation};
+use super::extract::{extract_borrowed, without_params, Found, HeaderLine, TokenLocation};
 use super::token::{parse, Jwt};
 use super::verify::verify_signature;
 use super::JwkSet;
@@ -140,9 +140,9 @@ pub fn bypass(rules: &[Arc<JwtRule>]) -> AuthnOutcome {
 /// `forwardOriginalToken`), its output headers written, its last token is
 /// the identity. Later providers are not run at all. When none verifies,
 /// the errors are aggregated (`aggregate`).
-pub fn authenticate(
+pub fn authenticate<L: HeaderLine>(
     rules: &[Arc<JwtRule>],
-    headers: &[(String, String)],
+    headers: &[L],
     query: Option<&str>,
     keys: &dyn Fn(&JwtRule) -> Keys,
     now: u64,
@@ -229,9 +229,9 @@ impl Failures {
 /// One `provider_name` verifier: every token at the provider's locations
 /// must verify ("If a request has multiple tokens, all of them must be
 /// valid"); no token = `Missing`.
-fn verify_provider<'a>(
+fn verify_provider<'a, L: HeaderLine>(
     rule: &'a JwtRule,
-    headers: &'a [(String, String)],
+    headers: &'a [L],
     cleared: &[String],
     query: Option<&'a str>,
     keys: &Keys,

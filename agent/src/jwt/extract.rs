@@ -29,6 +29,31 @@ impl TokenLocation {
     }
 }
 
+/// One request header line as extraction reads it: the engine's borrowed
+/// `(&str, &str)` (`authz::Request`), or an owned pair (tests, tools).
+pub trait HeaderLine {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl HeaderLine for (&str, &str) {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn value(&self) -> &str {
+        self.1
+    }
+}
+
+impl HeaderLine for (String, String) {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn value(&self) -> &str {
+        &self.1
+    }
+}
+
 /// A token found in a request, with where it came from (for removal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundToken {
@@ -40,9 +65,9 @@ const B64URL_OR_DOT: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 
 /// All tokens at `locations`. One token per matching header line: a second
 /// token is verified too, so two different tokens cannot smuggle one past.
-pub fn extract(
+pub fn extract<L: HeaderLine>(
     locations: &[TokenLocation],
-    headers: &[(String, String)],
+    headers: &[L],
     query: Option<&str>,
 ) -> Vec<FoundToken> {
     extract_borrowed(locations, headers, &[], query)
@@ -67,9 +92,9 @@ pub(crate) struct Found<'a> {
 /// `extract`, without copies. Header lines named in `hidden` (lower case)
 /// are not looked at: jwt_authn clears its output headers before it
 /// extracts (§2.6), so a token can never be read from one of them.
-pub(crate) fn extract_borrowed<'a>(
+pub(crate) fn extract_borrowed<'a, L: HeaderLine>(
     locations: &'a [TokenLocation],
-    headers: &'a [(String, String)],
+    headers: &'a [L],
     hidden: &[String],
     query: Option<&'a str>,
 ) -> Vec<Found<'a>> {
@@ -78,11 +103,12 @@ pub(crate) fn extract_borrowed<'a>(
     for loc in locations {
         match loc {
             TokenLocation::Header { name, prefix } => {
-                for (n, v) in headers {
+                for line in headers {
+                    let n = line.name();
                     if !n.eq_ignore_ascii_case(name) || !visible(n) {
                         continue;
                     }
-                    if let Some(token) = from_header_value(trim_ows(v), prefix) {
+                    if let Some(token) = from_header_value(trim_ows(line.value()), prefix) {
                         found.push(Found {
                             token: Cow::Borrowed(token),
                             location: loc,
@@ -108,8 +134,8 @@ pub(crate) fn extract_borrowed<'a>(
             TokenLocation::Cookie(name) => {
                 let value = headers
                     .iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie") && visible(n))
-                    .flat_map(|(_, v)| v.split(';'))
+                    .filter(|l| l.name().eq_ignore_ascii_case("cookie") && visible(l.name()))
+                    .flat_map(|l| l.value().split(';'))
                     .filter_map(|c| c.trim().split_once('='))
                     .find(|(k, _)| k == name)
                     .map(|(_, v)| unquote(v.trim()));

@@ -31,7 +31,7 @@ pub use authn::{
 };
 pub use cache::{CacheConfig, CacheStats, TokenCache};
 pub use error::JwtError;
-pub use extract::{extract, FoundToken, TokenLocation};
+pub use extract::{extract, FoundToken, HeaderLine, TokenLocation};
 pub use jwks::{Curve, Jwk, KeyMaterial, Thumbprint};
 pub use token::{parse, Alg, Jwt};
 

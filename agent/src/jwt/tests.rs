@@ -38,6 +38,9 @@ impl Signers {
     }
 }
 
+/// A request without header lines (only a query parameter carries the token).
+const NO_HEADERS: &[(&str, &str)] = &[];
+
 const P: &str = r#"{"iss":"me","sub":"you","exp":1700000100}"#;
 
 fn check(token: &str, keys: &JwkSet, r: &JwtRule) -> Result<(), JwtError> {
@@ -354,7 +357,7 @@ fn success_side_effects() {
         r#"{"iss":"me","scope":"a  b","roles":"x y","permission":["p q"],"n":{"k":"v"},"f":1.5,"b":true,"o":[1]}"#,
     );
     let q = format!("x=1&access_token={t}");
-    let out = authenticate(&[arc(r)], &[], Some(&q), &lookup, NOW, None);
+    let out = authenticate(&[arc(r)], NO_HEADERS, Some(&q), &lookup, NOW, None);
     let id = out.result.unwrap().unwrap();
     assert_eq!(id.claims["scope"], serde_json::json!(["a", "b"]));
     assert_eq!(id.claims["roles"], serde_json::json!(["x", "y"]));
@@ -369,6 +372,6 @@ fn success_side_effects() {
             ("x-o".into(), STANDARD.encode("[1]")),
         ]
     );
-    let out = authenticate(&[arc(rule("me"))], &[], Some(&q), &lookup, NOW, None);
+    let out = authenticate(&[arc(rule("me"))], NO_HEADERS, Some(&q), &lookup, NOW, None);
     assert_eq!(out.edits.remove_params, vec!["access_token".to_string()]);
 }

@@ -262,7 +262,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Svc {
                     _permit: Some(permit),
                 }));
             }
-            let resp = request::handle(req, &ctx).await;
+            let http1 = req.version() < http::Version::HTTP_2;
+            let resp = request::finish(request::handle(req, &ctx).await, http1, &ctx);
             let in_flight = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.into_upgraded();
                 None

@@ -52,43 +52,14 @@ pub struct ConnContext {
 }
 
 /// Decide and answer one request.
+///
+/// One flat `async fn` on purpose: every nested `async fn` is a future
+/// moved into its caller's state when called, so a request used to copy
+/// its futures level by level (16 KB of `memcpy` per request through five
+/// levels, docs/performance.md). The only awaits here are the decision (a
+/// refetch of keys, rarely) and the upstream exchange; everything around
+/// them is synchronous.
 pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
-    let http1 = req.version() < http::Version::HTTP_2;
-    let mut resp = decide_and_answer(req, ctx).await;
-    if http1
-        && ctx.closing.load(Ordering::Relaxed)
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
-        // Draining: the client reconnects for its next request, to whoever
-        // holds the steering now (hyper closes after this response).
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// Count and log `resp`, the 403 `upgrade::screen` gives an upgrade the
-/// proxy does not carry: a request refused before any filter, as Envoy's
-/// connection manager refuses it (`upgrade_failed`).
-pub fn refused_upgrade(
-    req: &Request<Incoming>,
-    resp: Response<ProxyBody>,
-    ctx: &ConnContext,
-) -> Response<ProxyBody> {
-    let started = Started::now();
-    ctx.workload.stats.event(InboundEvent::RefusedShape);
-    let reason = Reason::Refused {
-        details: "upgrade_failed",
-    };
-    let answered = Answered::local(&reason, None, "-", &resp);
-    answered.count(ctx, &started, Protocol::Http);
-    ctx.shared
-        .access_log
-        .denied(answered.entry(ctx, &started, RequestLog::of(req, None)));
-    resp
-}
-
-async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let started = Started::now();
     let stats = &ctx.workload.stats;
     let log = &ctx.shared.access_log;
@@ -116,62 +87,68 @@ async fn decide_and_answer(req: Request<Incoming>, ctx: &ConnContext) -> Respons
         }
     };
     let policy = ctx.workload.policy.borrow().clone();
-    if let Some(decision) = declared_probe(&req, &target, ctx, &policy) {
+    let decision = if let Some(decision) = declared_probe(&req, &target, ctx, &policy) {
         stats.event(InboundEvent::ProbePassed);
-        return forward_and_account(req, decision, &authority, ctx, &started, protocol).await;
-    }
-    let view = authz_request(&req, ctx, authority.clone(), target);
-    let deciding = Instant::now();
-    let decision = jwks::decide(
-        &ctx.shared.jwks,
-        &policy,
-        &view,
-        unix_now(),
-        ctx.shared.normalization,
-        Some(&ctx.shared.token_cache),
-    )
-    .await;
-    stats.decision(deciding.elapsed());
-    debug!(
-        peer = %ctx.peer,
-        method = %view.method,
-        path = %view.path,
-        status = decision.status,
-        reason = %decision.reason,
-        "decision"
-    );
-    if !decision.allowed {
-        if decision.status == 401 {
-            ctx.shared
-                .bans
-                .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
+        decision
+    } else {
+        let lossy = lossy_values(&req);
+        let view = authz_request(&req, ctx, &authority, &target, &lossy);
+        let deciding = Instant::now();
+        let decision = jwks::decide(
+            &ctx.shared.jwks,
+            &policy,
+            &view,
+            unix_now(),
+            ctx.shared.normalization,
+            Some(&ctx.shared.token_cache),
+        )
+        .await;
+        stats.decision(deciding.elapsed());
+        debug!(
+            peer = %ctx.peer,
+            method = %view.method,
+            path = %view.path,
+            status = decision.status,
+            reason = %decision.reason,
+            "decision"
+        );
+        if !decision.allowed {
+            if decision.status == 401 {
+                ctx.shared
+                    .bans
+                    .record_failure(ctx.peer.ip(), ctx.original_dst.ip());
+            }
+            let resp = local_reply(&decision, head, protocol == Protocol::Grpc);
+            let answered =
+                Answered::local(&decision.reason, decision.principal.clone(), "-", &resp);
+            answered.count(ctx, &started, protocol);
+            log.denied(answered.entry(ctx, &started, RequestLog::of(&req, Some(&authority))));
+            return resp;
         }
-        let resp = local_reply(&decision, head, protocol == Protocol::Grpc);
-        let answered = Answered::local(&decision.reason, decision.principal.clone(), "-", &resp);
-        answered.count(ctx, &started, protocol);
-        log.denied(answered.entry(ctx, &started, RequestLog::of(&req, Some(&authority))));
-        return resp;
-    }
-    forward_and_account(req, decision, &authority, ctx, &started, protocol).await
-}
+        decision
+    };
 
-/// Forward an allowed request, count its answer, and log it when sampled.
-async fn forward_and_account(
-    req: Request<Incoming>,
-    decision: Decision,
-    authority: &str,
-    ctx: &ConnContext,
-    started: &Started,
-    protocol: Protocol,
-) -> Response<ProxyBody> {
-    // Taken before forwarding consumes the request, and only when the line
-    // will be written: unsampled allows cost no allocation here.
-    let logged = ctx
-        .shared
-        .access_log
+    // Allowed: forward, and stream the answer back. The log line is taken
+    // before forwarding consumes the request, and only when it will be
+    // written: unsampled allows cost no allocation here.
+    let logged = log
         .wants_allowed()
-        .then(|| RequestLog::of(&req, Some(authority)));
-    let (resp, flags) = forward(req, &decision, authority, ctx).await;
+        .then(|| RequestLog::of(&req, Some(&authority)));
+    let upgrade = upgrade_protocol(&req);
+    let (resp, flags) = match prepare_forward(req, &decision, &authority, ctx, upgrade.as_ref()) {
+        Ok(mut forwarded) => {
+            // The client's side of an upgrade, available once we answer 101.
+            let client_upgrade = upgrade
+                .is_some()
+                .then(|| hyper::upgrade::on(&mut forwarded));
+            let answer = upstream::send(ctx, forwarded).await;
+            relay(answer, client_upgrade, ctx)
+        }
+        Err(err) => {
+            debug!(%err, "cannot rewrite the request");
+            (text_response(StatusCode::BAD_REQUEST, "Bad Request"), "-")
+        }
+    };
     let answered = Answered {
         reason: &decision.reason,
         principal: decision.principal.clone(),
@@ -180,12 +157,49 @@ async fn forward_and_account(
         bytes_sent: content_length(resp.headers()),
         allowed: true,
     };
-    answered.count(ctx, started, protocol);
+    answered.count(ctx, &started, protocol);
     if let Some(request) = logged {
-        ctx.shared
-            .access_log
-            .allowed(answered.entry(ctx, started, request));
+        log.allowed(answered.entry(ctx, &started, request));
     }
+    resp
+}
+
+/// The last touch on every response of an HTTP/1 connection that drains:
+/// `Connection: close`, so the client reconnects for its next request, to
+/// whoever holds the steering now (hyper closes after this response).
+pub fn finish(
+    mut resp: Response<ProxyBody>,
+    http1: bool,
+    ctx: &ConnContext,
+) -> Response<ProxyBody> {
+    if http1
+        && ctx.closing.load(Ordering::Relaxed)
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Count and log `resp`, the 403 `upgrade::screen` gives an upgrade the
+/// proxy does not carry: a request refused before any filter, as Envoy's
+/// connection manager refuses it (`upgrade_failed`).
+pub fn refused_upgrade(
+    req: &Request<Incoming>,
+    resp: Response<ProxyBody>,
+    ctx: &ConnContext,
+) -> Response<ProxyBody> {
+    let started = Started::now();
+    ctx.workload.stats.event(InboundEvent::RefusedShape);
+    let reason = Reason::Refused {
+        details: "upgrade_failed",
+    };
+    let answered = Answered::local(&reason, None, "-", &resp);
+    answered.count(ctx, &started, Protocol::Http);
+    ctx.shared
+        .access_log
+        .denied(answered.entry(ctx, &started, RequestLog::of(req, None)));
     resp
 }
 
@@ -468,33 +482,18 @@ fn declared_probe(
     })
 }
 
-/// Forward an allowed request and stream the answer back; with Envoy's
-/// response flags (`UF` when the application cannot be reached).
-async fn forward(
-    req: Request<Incoming>,
-    decision: &Decision,
-    authority: &str,
+/// The application's answer as the client's response, with Envoy's
+/// response flags (`UF` when the application cannot be reached). After a
+/// 101 both upgraded connections become one byte pipe.
+fn relay(
+    answer: anyhow::Result<Response<Incoming>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ctx: &ConnContext,
 ) -> (Response<ProxyBody>, &'static str) {
-    let upgrade = upgrade_protocol(&req);
-    let mut forwarded = match prepare_forward(req, decision, authority, ctx, upgrade.as_ref()) {
-        Ok(req) => req,
-        Err(err) => {
-            debug!(%err, "cannot rewrite the request");
-            return (text_response(StatusCode::BAD_REQUEST, "Bad Request"), "-");
-        }
-    };
-    // The client's side of an upgrade, available once we answer 101.
-    let client_upgrade = upgrade
-        .is_some()
-        .then(|| hyper::upgrade::on(&mut forwarded));
-    match upstream::send(ctx, forwarded).await {
+    match answer {
         Ok(mut resp) => {
             if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
             {
-                // The upstream connection becomes a pipe: nothing else may
-                // be sent on it.
-                ctx.upstream.lock().await.take();
                 let app = hyper::upgrade::on(&mut resp);
                 tokio::spawn(pipe_upgraded(client, app));
             }
@@ -553,15 +552,17 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// The request as the pure engine sees it.
 /// The request as the pure engine sees it: the authority and origin-form
-/// target the request shape settled.
-fn authz_request(
-    req: &Request<Incoming>,
+/// target the request shape settled, and every header line borrowed from
+/// hyper's map (`lossy`: the values that are not visible ASCII, decoded).
+fn authz_request<'a>(
+    req: &'a Request<Incoming>,
     ctx: &ConnContext,
-    host: String,
-    path: String,
-) -> authz::Request {
+    host: &'a str,
+    path: &'a str,
+    lossy: &'a [String],
+) -> authz::Request<'a> {
+    let mut lossy = lossy.iter();
     let headers = req
         .headers()
         .iter()
@@ -570,14 +571,14 @@ fn authz_request(
             // conversion would return unchanged; its check is a plain byte
             // loop, cheaper than UTF-8 decoding the 1 KB token line.
             let value = match value.to_str() {
-                Ok(text) => text.to_string(),
-                Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                Ok(text) => text,
+                Err(_) => lossy.next().map_or("", String::as_str),
             };
-            (name.as_str().to_string(), value)
+            (name.as_str(), value)
         })
         .collect();
     authz::Request {
-        method: req.method().as_str().to_string(),
+        method: req.method().as_str(),
         path,
         host,
         headers,
@@ -585,6 +586,17 @@ fn authz_request(
         destination_ip: ctx.original_dst.ip(),
         destination_port: ctx.original_dst.port(),
     }
+}
+
+/// The header values, in map order, that are not visible ASCII, as lossy
+/// UTF-8 (what the engine matches for them): nearly always none, and then
+/// no allocation.
+fn lossy_values(req: &Request<Incoming>) -> Vec<String> {
+    req.headers()
+        .values()
+        .filter(|v| v.to_str().is_err())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).

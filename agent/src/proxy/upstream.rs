@@ -36,14 +36,25 @@ pub async fn send(ctx: &ConnContext, req: Request<Incoming>) -> anyhow::Result<R
         _ => false,
     };
     if !reusable {
-        *slot = Some(connect_http(ctx, h2).await?);
+        // Boxed: connecting happens once per connection, and its future (a
+        // socket connect and a handshake) would otherwise be carried, and
+        // copied, inside every request's future (docs/performance.md).
+        *slot = Some(Box::pin(connect_http(ctx, h2)).await?);
     }
     match slot.as_mut().expect("connected above") {
         // HTTP/1: one request at a time on the connection anyway.
-        Upstream::H1(sender) => sender
-            .send_request(req)
-            .await
-            .context("the application closed the connection"),
+        Upstream::H1(sender) => {
+            let resp = sender
+                .send_request(req)
+                .await
+                .context("the application closed the connection")?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The upstream connection becomes a pipe (`request::relay`):
+                // nothing else may be sent on it.
+                slot.take();
+            }
+            Ok(resp)
+        }
         // HTTP/2: streams run side by side; the lock only guards the slot.
         Upstream::H2(sender) => {
             let mut sender = sender.clone();

@@ -76,6 +76,18 @@ impl Workers {
         }))
     }
 
+    /// The default thread count: half the CPUs this process may use (its
+    /// cgroup quota and affinity included), at least one. The agent shares
+    /// the node with the pods it protects, and a busier thread is a cheaper
+    /// one: each thread that runs out of work sleeps in `epoll_wait` and is
+    /// woken again per request. Measured with `cargo xtask loadtest` on a
+    /// 2-CPU node running the client and the app too: one thread cost 1.12×
+    /// the bare hop's CPU per request at 8 connections, two threads 1.33×,
+    /// with 3-4× the context switches (docs/performance.md).
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
+
     pub fn threads(&self) -> usize {
         self.handles.len()
     }

@@ -423,13 +423,17 @@ async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
 pub async fn decide(
     store: &JwksStore,
     policy: &WorkloadPolicy,
-    request: &authz::Request,
+    request: &authz::Request<'_>,
     now: u64,
     normalization: PathNormalization,
     cache: Option<&TokenCache>,
 ) -> Decision {
     let decision = authz::evaluate(policy, request, store, now, normalization, cache);
-    if decision.reason.is_unknown_kid() && store.refetch_for_rules(&policy.jwt_rules).await {
+    // Boxed: the refetch is rare, and its future would otherwise be carried
+    // inside every request's.
+    if decision.reason.is_unknown_kid()
+        && Box::pin(store.refetch_for_rules(&policy.jwt_rules)).await
+    {
         return authz::evaluate(policy, request, store, now, normalization, cache);
     }
     decision

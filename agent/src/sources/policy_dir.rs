@@ -150,9 +150,9 @@ mod tests {
             labels: Default::default(),
         };
         let r = Request {
-            method: "GET".into(),
-            path: path.into(),
-            host: "h".into(),
+            method: "GET",
+            path,
+            host: "h",
             headers: vec![],
             source_ip: "10.0.0.1".parse().unwrap(),
             destination_ip: "10.0.0.2".parse().unwrap(),

@@ -26,10 +26,11 @@ pub fn profile(
 ) -> Result<String> {
     let data = dir.join(format!("{name}.data"));
     let secs = spec.duration.as_secs().max(1);
-    // Start the load first, so perf samples steady state, not connection set-up.
+    // Start the load first, so perf samples steady state, not connection
+    // set-up; it lasts for the sampling and then the syscall count.
     let load = wrk::spawn(
         &WrkSpec {
-            duration: Duration::from_secs(secs + 2),
+            duration: Duration::from_secs(2 * secs + 2),
             ..spec.clone()
         },
         scripts,
@@ -45,6 +46,7 @@ pub fn profile(
         .stderr(Stdio::piped())
         .output()
         .context("running perf record (Debian package linux-perf)")?;
+    let syscalls = count_syscalls(pid, secs);
     let result = load.wait()?;
     if !rec.status.success() {
         bail!(
@@ -52,6 +54,23 @@ pub fn profile(
             String::from_utf8_lossy(&rec.stderr)
         );
     }
+    // Per request: the calls counted over `secs` at the run's mean rate.
+    let requests = (result.rps() * secs as f64).max(1.0);
+    let syscalls = match syscalls {
+        Ok(counts) => {
+            let total: u64 = counts.iter().map(|(_, n)| n).sum();
+            let each: String = counts
+                .iter()
+                .take(8)
+                .map(|(call, n)| format!(" {call} {:.2}", *n as f64 / requests))
+                .collect();
+            format!(
+                "  syscalls per request: {:.2} ({each})\n",
+                total as f64 / requests
+            )
+        }
+        Err(err) => format!("  syscalls per request: not counted ({err:#})\n"),
+    };
     let report = |args: &[&str]| -> Result<String> {
         let out = Command::new("perf")
             .args(["report", "--stdio", "--no-header", "-i"])
@@ -108,7 +127,7 @@ pub fn profile(
         .collect::<Vec<_>>()
         .join("\n");
     Ok(format!(
-        "{name}: {:.0} req/s while sampled ({} at {} conns)\n  self time by object:\n{}  hottest symbols (self):\n{}  inclusive time (children, self) of the proxy's and hyper's functions:\n{}",
+        "{name}: {:.0} req/s while sampled ({} at {} conns)\n{syscalls}  self time by object:\n{}  hottest symbols (self):\n{}  inclusive time (children, self) of the proxy's and hyper's functions:\n{}",
         result.rps(),
         spec.url,
         spec.conns,
@@ -116,4 +135,33 @@ pub fn profile(
         top(&flat, 30),
         top(&own, 30)
     ))
+}
+
+/// System calls `pid` makes in `secs`, by name, most frequent first (perf
+/// stat on the `syscalls:sys_enter_*` tracepoints: counted in the kernel,
+/// no sample per call).
+fn count_syscalls(pid: u32, secs: u64) -> Result<Vec<(String, u64)>> {
+    let out = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "syscalls:sys_enter_*", "-p"])
+        .arg(pid.to_string())
+        .args(["--", "sleep", &secs.to_string()])
+        .stdout(Stdio::null())
+        .output()
+        .context("running perf stat")?;
+    if !out.status.success() {
+        bail!("perf stat failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // CSV lines on stderr: count,unit,event,...
+    let mut counts: Vec<(String, u64)> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let count = fields.next()?.trim().parse::<u64>().ok()?;
+            let event = fields.nth(1)?;
+            let call = event.strip_prefix("syscalls:sys_enter_")?;
+            (count > 0).then(|| (call.to_string(), count))
+        })
+        .collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    Ok(counts)
 }

@@ -202,10 +202,13 @@ pub fn decide(case: &Case) -> Decision {
         ));
     }
     let request = Request {
-        method: r.method.into(),
-        path: r.path.into(),
-        host: r.host.into(),
-        headers,
+        method: r.method,
+        path: r.path,
+        host: r.host,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect(),
         source_ip: r.source.parse::<IpAddr>().unwrap(),
         destination_ip: r.destination.parse::<IpAddr>().unwrap(),
         destination_port: r.port,
