@@ -87,7 +87,7 @@ async fn watchdog(activity: &Activity, t: Timeouts) -> Expired {
 }
 
 /// Envoy's reply when the request head did not arrive in time.
-const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+pub(super) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
 
 /// Serve an HTTP/1 connection until the client closes it, a timeout ends it,
 /// or shutdown drains it.

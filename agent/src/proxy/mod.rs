@@ -126,13 +126,27 @@ pub async fn serve(
             let (workload, shared) = (workload.clone(), shared.clone());
             let shutdown = shutdown.clone();
             let guard = drain.clone();
-            let workers = shared.workers.clone();
-            workers.spawn(stream, move |stream| async move {
+            // Classified, and an HTTP/1 connection's first request head
+            // read, here on the accepting runtime; only then does the
+            // connection move to a proxy worker (`sniff::first_head` says
+            // why).
+            tokio::spawn(async move {
                 let source_requests = admitted.requests.clone();
-                handle(stream, peer, workload, shared, shutdown, source_requests).await;
-                drop(open);
-                drop(admitted);
-                drop(guard);
+                let Some((ctx, classified)) =
+                    open_connection(stream, peer, workload, shared.clone(), source_requests).await
+                else {
+                    return;
+                };
+                let (stream, kind) = classified.into_parts();
+                shared
+                    .workers
+                    .clone()
+                    .spawn(stream, move |stream| async move {
+                        serve_connection(kind.with(stream), ctx, shutdown).await;
+                        drop(open);
+                        drop(admitted);
+                        drop(guard);
+                    });
             });
         };
         loop {
@@ -160,18 +174,16 @@ pub async fn serve(
     .await
 }
 
-/// One downstream connection, from accept to close.
-async fn handle(
+/// A downstream connection up to its protocol (and, for HTTP/1, its first
+/// request head): `None` when it ends here (refused, closed, timed out).
+async fn open_connection(
     stream: TcpStream,
     peer: SocketAddr,
     workload: Arc<Workload>,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
     source_requests: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
+) -> Option<(Arc<request::ConnContext>, sniff::Classified)> {
+    let local = stream.local_addr().ok()?;
     // sk_lookup keeps the original destination as the local address.
     let original_dst = SocketAddr::new(local.ip().to_canonical(), local.port());
     let inbound = workload.inbound.borrow().clone();
@@ -181,7 +193,7 @@ async fn handle(
         workload.stats.event(InboundEvent::RefusedDirect);
         debug!(%peer, dst = %original_dst, "connection to the verifier listener itself refused");
         reset(stream);
-        return;
+        return None;
     }
     let _ = stream.set_nodelay(true);
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
@@ -200,20 +212,44 @@ async fn handle(
         source_requests,
     });
     match sniff::classify(stream, &ctx).await {
-        Ok(sniff::Classified::Http1 { stream, first }) => {
+        Ok(sniff::Classified::Http1 {
+            mut stream,
+            mut first,
+        }) => match sniff::first_head(&mut stream, &mut first, &ctx).await {
+            sniff::FirstHead::HandOver => Some((ctx, sniff::Classified::Http1 { stream, first })),
+            sniff::FirstHead::TimedOut => {
+                debug!(peer = %ctx.peer, why = "HeaderRead", "connection timed out");
+                ctx.workload.stats.event(InboundEvent::HeaderTimeout);
+                let _ = stream.try_write(http::REQUEST_TIMEOUT);
+                None
+            }
+        },
+        Ok(classified) => Some((ctx, classified)),
+        Err(err) => {
+            debug!(peer = %ctx.peer, %err, "connection ended before its protocol was known");
+            None
+        }
+    }
+}
+
+/// A classified connection, on its proxy worker, until it closes.
+async fn serve_connection(
+    classified: sniff::Classified,
+    ctx: Arc<request::ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match classified {
+        sniff::Classified::Http1 { stream, first } => {
             http::serve_http1(Arc::new(stream), first, ctx, shutdown).await
         }
-        Ok(sniff::Classified::Http2 { stream, first }) => {
+        sniff::Classified::Http2 { stream, first } => {
             http::serve_http2(Arc::new(stream), first, ctx, shutdown).await
         }
-        Ok(sniff::Classified::Tcp {
+        sniff::Classified::Tcp {
             stream,
             first,
             late,
-        }) => tcp::serve(stream, first, late, &ctx).await,
-        Err(err) => {
-            debug!(peer = %ctx.peer, %err, "connection ended before its protocol was known")
-        }
+        } => tcp::serve(stream, first, late, &ctx).await,
     }
 }
 

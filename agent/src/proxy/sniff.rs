@@ -39,6 +39,42 @@ pub enum Classified {
     },
 }
 
+/// What a classified connection is, without its socket: the socket moves
+/// to a proxy worker (`Workers::spawn` registers it there anew).
+pub enum Kind {
+    Http1 { first: Vec<u8> },
+    Http2 { first: Vec<u8> },
+    Tcp { first: Vec<u8>, late: bool },
+}
+
+impl Classified {
+    pub fn into_parts(self) -> (TcpStream, Kind) {
+        match self {
+            Classified::Http1 { stream, first } => (stream, Kind::Http1 { first }),
+            Classified::Http2 { stream, first } => (stream, Kind::Http2 { first }),
+            Classified::Tcp {
+                stream,
+                first,
+                late,
+            } => (stream, Kind::Tcp { first, late }),
+        }
+    }
+}
+
+impl Kind {
+    pub fn with(self, stream: TcpStream) -> Classified {
+        match self {
+            Kind::Http1 { first } => Classified::Http1 { stream, first },
+            Kind::Http2 { first } => Classified::Http2 { stream, first },
+            Kind::Tcp { first, late } => Classified::Tcp {
+                stream,
+                first,
+                late,
+            },
+        }
+    }
+}
+
 /// Read the client's first bytes and decide.
 pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Classified> {
     let declared = ctx.inbound.protocols.get(&ctx.original_dst.port()).copied();
@@ -134,3 +170,66 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
         }
     }
 }
+
+/// How reading a connection's first HTTP/1 request head ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstHead {
+    /// Complete, malformed, too large or cut by the client: the HTTP server
+    /// takes it from here (it answers what is not a request).
+    HandOver,
+    /// Not complete `--header-read-timeout-secs` after its first byte.
+    TimedOut,
+}
+
+/// Read until the first request head is complete (or can be handed over),
+/// appending to `buf`, the bytes sniffing already read.
+///
+/// Why here, before a proxy worker: the workers serve every established
+/// connection of the node, and a worker runs its connections' tasks in
+/// turn. A thousand connections that trickle a head and are then cut with
+/// 408 at the same moment, and reconnected at once by the attacker, queued
+/// in front of the legitimate requests of that worker: with one worker
+/// their p99 tripled during the wave (`cargo xtask loadtest --phases
+/// attacks`, docs/performance.md). Read here, on the accepting runtime, a
+/// connection that never completes a head never reaches a worker.
+///
+/// httparse (hyper's own parser) says whether the head is complete; it is
+/// run when an empty line arrives and whenever the buffer has doubled, so
+/// a head trickled byte by byte costs linear work, and a malformed one is
+/// handed over (and refused by the HTTP server) no later than that.
+pub async fn first_head(stream: &mut TcpStream, buf: &mut Vec<u8>, ctx: &ConnContext) -> FirstHead {
+    let Some(started) = ctx.activity.head_started() else {
+        return FirstHead::HandOver;
+    };
+    let deadline = started + ctx.shared.timeouts.header_read;
+    let mut next_parse: usize = 0;
+    let mut scanned: usize = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        // An empty line ends a head: "\n\n" or "\n\r\n" (httparse takes bare
+        // LF line ends too).
+        let fresh = &buf[scanned.saturating_sub(2)..];
+        let blank =
+            fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
+        scanned = buf.len();
+        if blank || buf.len() >= next_parse {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            match httparse::Request::new(&mut headers).parse(buf) {
+                Ok(httparse::Status::Partial) => next_parse = (buf.len() * 2).max(1024),
+                // Complete, or malformed (too many headers included).
+                _ => return FirstHead::HandOver,
+            }
+        }
+        if buf.len() >= FIRST_HEAD_MAX {
+            return FirstHead::HandOver;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return FirstHead::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::HandOver,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Past this the HTTP server answers 431 itself (its buffer bound).
+const FIRST_HEAD_MAX: usize = 68 * 1024;
