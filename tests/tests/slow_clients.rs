@@ -121,6 +121,37 @@ fn slow_request_head_gets_408_and_is_closed_while_others_are_served() -> Result<
     Ok(())
 }
 
+/// Only a connection's first request head is read before the connection
+/// reaches a proxy worker (`sniff::first_head`); a later head on the same
+/// keep-alive connection is timed by the worker's watchdog. Trickled, it is
+/// cut with 408 as well.
+#[test]
+fn slow_second_head_on_a_keep_alive_connection_gets_408() -> Result<()> {
+    privileged!();
+    let mut bed = FaqBed::build_with("slow-second", |p| p.all_ports().protocol(MESH_PORT, "http"))?;
+    start_agent(&mut bed, &["--header-read-timeout-secs", "2"])?;
+    let mut conn = RawConn::connect(&bed.client.netns, bed.pod.addr(MESH_PORT))?;
+    // A first request, answered on the keep-alive connection.
+    conn.send(b"GET /productpage HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let first = conn.response(false)?;
+    assert!(first.status < 500, "{}", bed.node.agent_log());
+    let second = format!(
+        "GET /productpage HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\n\r\n",
+        "a".repeat(100)
+    )
+    .into_bytes();
+    let writer = trickle(
+        conn.stream().try_clone()?,
+        second.clone(),
+        Duration::from_millis(200),
+    );
+    let got = cut_off(&mut conn, Duration::from_secs(10))?;
+    assert!(got.starts_with(REQUEST_TIMEOUT_408), "{got:?}");
+    let written = writer.join().unwrap_or(0);
+    assert!(written < second.len(), "the slow head was read to its end");
+    Ok(())
+}
+
 /// On a port declared HTTP the agent only needs to tell HTTP/1 from the
 /// HTTP/2 preface: a client that sends a few bytes of a request line and
 /// stops, or nothing at all, must not hold the connection for ever.

@@ -132,9 +132,15 @@ pub async fn serve(
             // why).
             tokio::spawn(async move {
                 let source_requests = admitted.requests.clone();
-                let Some((ctx, classified)) =
-                    open_connection(stream, peer, workload, shared.clone(), source_requests).await
-                else {
+                let opened = open_connection(
+                    stream,
+                    peer,
+                    workload,
+                    shared.clone(),
+                    source_requests,
+                    shutdown.clone(),
+                );
+                let Some((ctx, classified)) = opened.await else {
                     return;
                 };
                 let (stream, kind) = classified.into_parts();
@@ -182,6 +188,7 @@ async fn open_connection(
     workload: Arc<Workload>,
     shared: Arc<Shared>,
     source_requests: Arc<std::sync::atomic::AtomicUsize>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Option<(Arc<request::ConnContext>, sniff::Classified)> {
     let local = stream.local_addr().ok()?;
     // sk_lookup keeps the original destination as the local address.
@@ -215,7 +222,7 @@ async fn open_connection(
         Ok(sniff::Classified::Http1 {
             mut stream,
             mut first,
-        }) => match sniff::first_head(&mut stream, &mut first, &ctx).await {
+        }) => match sniff::first_head(&mut stream, &mut first, &ctx, &mut shutdown).await {
             sniff::FirstHead::HandOver => Some((ctx, sniff::Classified::Http1 { stream, first })),
             sniff::FirstHead::TimedOut => {
                 debug!(peer = %ctx.peer, why = "HeaderRead", "connection timed out");

@@ -14,6 +14,7 @@ use std::io;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::request::ConnContext;
@@ -197,7 +198,15 @@ pub enum FirstHead {
 /// run when an empty line arrives and whenever the buffer has doubled, so
 /// a head trickled byte by byte costs linear work, and a malformed one is
 /// handed over (and refused by the HTTP server) no later than that.
-pub async fn first_head(stream: &mut TcpStream, buf: &mut Vec<u8>, ctx: &ConnContext) -> FirstHead {
+///
+/// On shutdown the head is handed over as it is: the worker's connection
+/// drains it as every other (`http::drive`), within `--drain-grace-ms`.
+pub async fn first_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    ctx: &ConnContext,
+    shutdown: &mut watch::Receiver<bool>,
+) -> FirstHead {
     let Some(started) = ctx.activity.head_started() else {
         return FirstHead::HandOver;
     };
@@ -223,7 +232,11 @@ pub async fn first_head(stream: &mut TcpStream, buf: &mut Vec<u8>, ctx: &ConnCon
         if buf.len() >= FIRST_HEAD_MAX {
             return FirstHead::HandOver;
         }
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => read,
+            _ = shutdown.wait_for(|stop| *stop) => return FirstHead::HandOver,
+        };
+        match read {
             Err(_) => return FirstHead::TimedOut,
             Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::HandOver,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
