@@ -87,7 +87,19 @@ async fn watchdog(activity: &Activity, t: Timeouts) -> Expired {
 }
 
 /// Envoy's reply when the request head did not arrive in time.
-pub(super) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+
+/// A request head was not complete `header_read` after its first byte:
+/// count it and answer 408 (best effort, the connection closes anyway).
+/// The first head of a connection is timed before it reaches a worker
+/// (`sniff::first_head`), later ones by the watchdog.
+pub(super) fn head_timed_out(stream: &TcpStream, ctx: &ConnContext) {
+    debug!(peer = %ctx.peer, "request head timed out: 408");
+    ctx.workload
+        .stats
+        .event(crate::metrics::InboundEvent::HeaderTimeout);
+    let _ = stream.try_write(REQUEST_TIMEOUT);
+}
 
 /// Serve an HTTP/1 connection until the client closes it, a timeout ends it,
 /// or shutdown drains it.
@@ -158,13 +170,12 @@ async fn drive<C>(
     let result = tokio::select! {
         result = conn.as_mut() => result,
         why = watchdog(&ctx.activity, timeouts) => {
-            debug!(peer = %ctx.peer, ?why, "connection timed out");
             if why == Expired::HeaderRead {
-                ctx.workload.stats.event(crate::metrics::InboundEvent::HeaderTimeout);
                 // hyper is waiting for the rest of a head, so nothing else
-                // writes now; best effort, the connection closes anyway.
-                let _ = stream.try_write(REQUEST_TIMEOUT);
+                // writes now.
+                head_timed_out(stream, ctx);
             } else {
+                debug!(peer = %ctx.peer, ?why, "connection timed out");
                 ctx.workload.stats.event(crate::metrics::InboundEvent::IdleTimeout);
             }
             return;

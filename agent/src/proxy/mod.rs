@@ -140,15 +140,14 @@ pub async fn serve(
                     source_requests,
                     shutdown.clone(),
                 );
-                let Some((ctx, classified)) = opened.await else {
+                let Some((ctx, stream, classified)) = opened.await else {
                     return;
                 };
-                let (stream, kind) = classified.into_parts();
                 shared
                     .workers
                     .clone()
                     .spawn(stream, move |stream| async move {
-                        serve_connection(kind.with(stream), ctx, shutdown).await;
+                        serve_connection(stream, classified, ctx, shutdown).await;
                         drop(open);
                         drop(admitted);
                         drop(guard);
@@ -189,7 +188,7 @@ async fn open_connection(
     shared: Arc<Shared>,
     source_requests: Arc<std::sync::atomic::AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<(Arc<request::ConnContext>, sniff::Classified)> {
+) -> Option<(Arc<request::ConnContext>, TcpStream, sniff::Classified)> {
     let local = stream.local_addr().ok()?;
     // sk_lookup keeps the original destination as the local address.
     let original_dst = SocketAddr::new(local.ip().to_canonical(), local.port());
@@ -219,19 +218,18 @@ async fn open_connection(
         source_requests,
     });
     match sniff::classify(stream, &ctx).await {
-        Ok(sniff::Classified::Http1 {
-            mut stream,
-            mut first,
-        }) => match sniff::first_head(&mut stream, &mut first, &ctx, &mut shutdown).await {
-            sniff::FirstHead::HandOver => Some((ctx, sniff::Classified::Http1 { stream, first })),
-            sniff::FirstHead::TimedOut => {
-                debug!(peer = %ctx.peer, why = "HeaderRead", "connection timed out");
-                ctx.workload.stats.event(InboundEvent::HeaderTimeout);
-                let _ = stream.try_write(http::REQUEST_TIMEOUT);
-                None
+        Ok((mut stream, sniff::Classified::Http1 { mut first })) => {
+            match sniff::first_head(&mut stream, &mut first, &ctx, &mut shutdown).await {
+                sniff::FirstHead::HandOver => {
+                    Some((ctx, stream, sniff::Classified::Http1 { first }))
+                }
+                sniff::FirstHead::TimedOut => {
+                    http::head_timed_out(&stream, &ctx);
+                    None
+                }
             }
-        },
-        Ok(classified) => Some((ctx, classified)),
+        }
+        Ok((stream, classified)) => Some((ctx, stream, classified)),
         Err(err) => {
             debug!(peer = %ctx.peer, %err, "connection ended before its protocol was known");
             None
@@ -241,22 +239,19 @@ async fn open_connection(
 
 /// A classified connection, on its proxy worker, until it closes.
 async fn serve_connection(
+    stream: TcpStream,
     classified: sniff::Classified,
     ctx: Arc<request::ConnContext>,
     shutdown: watch::Receiver<bool>,
 ) {
     match classified {
-        sniff::Classified::Http1 { stream, first } => {
+        sniff::Classified::Http1 { first } => {
             http::serve_http1(Arc::new(stream), first, ctx, shutdown).await
         }
-        sniff::Classified::Http2 { stream, first } => {
+        sniff::Classified::Http2 { first } => {
             http::serve_http2(Arc::new(stream), first, ctx, shutdown).await
         }
-        sniff::Classified::Tcp {
-            stream,
-            first,
-            late,
-        } => tcp::serve(stream, first, late, &ctx).await,
+        sniff::Classified::Tcp { first, late } => tcp::serve(stream, first, late, &ctx).await,
     }
 }
 

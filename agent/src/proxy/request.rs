@@ -55,7 +55,7 @@ pub struct ConnContext {
 ///
 /// One flat `async fn` on purpose: every nested `async fn` is a future
 /// moved into its caller's state when called, so a request used to copy
-/// its futures level by level (16 KB of `memcpy` per request through five
+/// its futures level by level (≈ 20 KB of `memcpy` per request through five
 /// levels, docs/performance.md). The only awaits here are the decision (a
 /// refetch of keys, rarely) and the upstream exchange; everything around
 /// them is synchronous.

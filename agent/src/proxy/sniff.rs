@@ -21,70 +21,38 @@ use super::request::ConnContext;
 use crate::inbound::protocol::{sniff, Sniffed, SNIFF_MAX};
 use crate::inbound::Declared;
 
-/// A classified connection.
+/// What a connection speaks, with the bytes read to find out. Kept apart
+/// from the socket, which moves to a proxy worker (`Workers::spawn`
+/// registers it there anew).
 pub enum Classified {
     Http1 {
-        stream: TcpStream,
         first: Vec<u8>,
     },
     Http2 {
-        stream: TcpStream,
         first: Vec<u8>,
     },
     /// Opaque bytes. `late`: classified because the client sent nothing
     /// before the timeout; its first bytes must still not be HTTP.
     Tcp {
-        stream: TcpStream,
         first: Vec<u8>,
         late: bool,
     },
 }
 
-/// What a classified connection is, without its socket: the socket moves
-/// to a proxy worker (`Workers::spawn` registers it there anew).
-pub enum Kind {
-    Http1 { first: Vec<u8> },
-    Http2 { first: Vec<u8> },
-    Tcp { first: Vec<u8>, late: bool },
-}
-
-impl Classified {
-    pub fn into_parts(self) -> (TcpStream, Kind) {
-        match self {
-            Classified::Http1 { stream, first } => (stream, Kind::Http1 { first }),
-            Classified::Http2 { stream, first } => (stream, Kind::Http2 { first }),
-            Classified::Tcp {
-                stream,
-                first,
-                late,
-            } => (stream, Kind::Tcp { first, late }),
-        }
-    }
-}
-
-impl Kind {
-    pub fn with(self, stream: TcpStream) -> Classified {
-        match self {
-            Kind::Http1 { first } => Classified::Http1 { stream, first },
-            Kind::Http2 { first } => Classified::Http2 { stream, first },
-            Kind::Tcp { first, late } => Classified::Tcp {
-                stream,
-                first,
-                late,
-            },
-        }
-    }
-}
-
 /// Read the client's first bytes and decide.
-pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Classified> {
+pub async fn classify(
+    mut stream: TcpStream,
+    ctx: &ConnContext,
+) -> io::Result<(TcpStream, Classified)> {
     let declared = ctx.inbound.protocols.get(&ctx.original_dst.port()).copied();
     if declared == Some(Declared::Tcp) {
-        return Ok(Classified::Tcp {
+        return Ok((
             stream,
-            first: Vec::new(),
-            late: false,
-        });
+            Classified::Tcp {
+                first: Vec::new(),
+                late: false,
+            },
+        ));
     }
     let started = Instant::now();
     let timeouts = ctx.shared.timeouts;
@@ -97,18 +65,20 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
     let mut buf = Vec::with_capacity(1024);
     loop {
         match sniff(&buf) {
-            Sniffed::Http1 => return Ok(Classified::Http1 { stream, first: buf }),
-            Sniffed::Http2 => return Ok(Classified::Http2 { stream, first: buf }),
+            Sniffed::Http1 => return Ok((stream, Classified::Http1 { first: buf })),
+            Sniffed::Http2 => return Ok((stream, Classified::Http2 { first: buf })),
             // On a port declared HTTP, the HTTP server answers what is not.
             Sniffed::Tcp if declared == Some(Declared::Http) => {
-                return Ok(Classified::Http1 { stream, first: buf })
+                return Ok((stream, Classified::Http1 { first: buf }))
             }
             Sniffed::Tcp => {
-                return Ok(Classified::Tcp {
+                return Ok((
                     stream,
-                    first: buf,
-                    late: false,
-                })
+                    Classified::Tcp {
+                        first: buf,
+                        late: false,
+                    },
+                ))
             }
             Sniffed::NeedMore => {}
         }
@@ -132,11 +102,13 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             // falls back on its listener-filter timeout, but watched until
             // its first bytes can be classified (`tcp`).
             Err(_) if detect_until.is_some_and(|d| d <= http_until) => {
-                return Ok(Classified::Tcp {
+                return Ok((
                     stream,
-                    first: buf,
-                    late: true,
-                })
+                    Classified::Tcp {
+                        first: buf,
+                        late: true,
+                    },
+                ))
             }
             Err(_) if buf.is_empty() => {
                 ctx.workload
@@ -150,7 +122,7 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
             // Part of a request line, its time up: the HTTP server's
             // watchdog answers 408 at once (the head started at
             // `first_byte`).
-            Err(_) => return Ok(Classified::Http1 { stream, first: buf }),
+            Err(_) => return Ok((stream, Classified::Http1 { first: buf })),
         };
         match read? {
             0 if buf.is_empty() => {
@@ -160,7 +132,7 @@ pub async fn classify(mut stream: TcpStream, ctx: &ConnContext) -> io::Result<Cl
                 ))
             }
             // Half-closed in the middle of something that looked like HTTP.
-            0 => return Ok(Classified::Http1 { stream, first: buf }),
+            0 => return Ok((stream, Classified::Http1 { first: buf })),
             n => {
                 buf.extend_from_slice(&chunk[..n]);
                 if first_byte.is_none() {
